@@ -1,0 +1,267 @@
+"""Training: embed the labelled images, pick the threshold on package-grouped CV, fit, pin leftovers.
+
+The headline metrics are package-grouped cross-validation (`StratifiedGroupKFold` over
+`source_package`): images of one package share a style, so a random split lets the forest recognise
+the package instead of the content and overstates accuracy by several points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sklearn
+from numpy.typing import NDArray
+from sklearn.ensemble import ExtraTreesClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, cross_val_predict
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from classifier.backbones import DEFAULT_BACKBONE, Backbone, export_onnx, load_backbone, parse_spec
+from classifier.dataset import LabelledImage, training_set_hash
+from classifier.decode import decode_image
+from classifier.features import FEATURE_NAMES, colour_features
+from classifier.forest import PackedForest
+from classifier.metrics import BinaryMetrics, binary_metrics, threshold_for_false_invert_rate
+from classifier.model import MODEL_FORMAT, FeatureExtractor, InvertModel, LinearProbe, Manifest, sha256_hex
+
+#: The share of "don't invert" images we accept to invert (a photo turned negative is the worst outcome).
+#: The threshold is the lowest whose package-grouped CV false-invert rate is within this budget.
+FALSE_INVERT_TARGET = 0.02
+CV_FOLDS = 5
+N_TREES = 300
+#: Inverse regularisation of the embedding's linear probe (strong: 1.5k images, 1280 dimensions).
+PROBE_C = 0.003
+SEED = 20261125
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class FeatureTable:
+    """Per-image inputs to the forest, computed once and reused by CV and the final fit."""
+
+    sha256s: list[str]
+    embeddings: NDArray[np.float32]
+    colours: NDArray[np.float32]
+    labels: NDArray[np.int64]
+    groups: NDArray[np.str_]
+
+    def subset(self, index: NDArray[np.intp]) -> FeatureTable:
+        return FeatureTable(
+            sha256s=[self.sha256s[i] for i in index],
+            embeddings=self.embeddings[index],
+            colours=self.colours[index],
+            labels=self.labels[index],
+            groups=self.groups[index],
+        )
+
+
+@dataclass
+class TrainingResult:
+    model: InvertModel
+    cv: BinaryMetrics
+    cv_at_half: BinaryMetrics
+    n_overrides: int
+
+
+def compute_features(
+    images: Sequence[LabelledImage],
+    backbone: Backbone,
+    *,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+) -> FeatureTable:
+    """Decode, embed and describe every labelled image (the slow part of training)."""
+    extractor = FeatureExtractor(backbone, probe=None)
+    sha256s: list[str] = []
+    embeddings: list[NDArray[np.float32]] = []
+    colours: list[NDArray[np.float32]] = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        decoded = []
+        for item in batch:
+            data = item.path.read_bytes()
+            sha256s.append(sha256_hex(data))
+            decoded.append(decode_image(data))
+        embeddings.append(extractor.embed(decoded))
+        colours.extend(colour_features(image) for image in decoded)
+        if progress is not None:
+            progress(len(batch))
+    return FeatureTable(
+        sha256s=sha256s,
+        embeddings=np.vstack(embeddings),
+        colours=np.stack(colours),
+        labels=np.asarray([item.label for item in images], dtype=np.int64),
+        groups=np.asarray([item.source_package for item in images]),
+    )
+
+
+def make_forest(seed: int = SEED) -> ExtraTreesClassifier:
+    # Full-depth trees: the training set must be fit exactly (see `pin_leftovers`).
+    return ExtraTreesClassifier(
+        n_estimators=N_TREES,
+        max_features="sqrt",
+        min_samples_leaf=1,
+        class_weight="balanced",
+        n_jobs=-1,
+        random_state=seed,
+    )
+
+
+def _probe_pipeline() -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=5000))
+
+
+def fit_probe(embeddings: NDArray[np.float32], labels: NDArray[np.int64]) -> LinearProbe:
+    pipeline = _probe_pipeline().fit(embeddings, labels)
+    scaler, regression = pipeline[0], pipeline[-1]
+    return LinearProbe(
+        mean=scaler.mean_.astype(np.float32),
+        scale=np.where(scaler.scale_ > 0, scaler.scale_, 1.0).astype(np.float32),
+        weights=regression.coef_[0].astype(np.float32),
+        bias=float(regression.intercept_[0]),
+    )
+
+
+def out_of_fold_probe_scores(table: FeatureTable) -> NDArray[np.float32]:
+    """Probe scores for training rows from probes that did not see the row's package.
+
+    The forest must learn how far to trust the probe on *unseen* sources; in-sample scores would be
+    near-perfect and teach it to trust the probe blindly.
+    """
+    folds = min(CV_FOLDS, len(set(table.groups.tolist())))
+    if folds < 2:
+        return fit_probe(table.embeddings, table.labels).score(table.embeddings)
+    scores = cross_val_predict(
+        _probe_pipeline(),
+        table.embeddings,
+        table.labels,
+        groups=table.groups,
+        cv=GroupKFold(folds),
+        method="predict_proba",
+    )
+    return scores[:, 1].astype(np.float32)
+
+
+def fit_forest_rows(table: FeatureTable) -> tuple[NDArray[np.float32], LinearProbe]:
+    """The forest's training rows, and the probe to use at inference time."""
+    probe = fit_probe(table.embeddings, table.labels)
+    rows = np.hstack([out_of_fold_probe_scores(table)[:, None], table.colours]).astype(np.float32)
+    return rows, probe
+
+
+def grouped_cv_probabilities(
+    table: FeatureTable, *, folds: int = CV_FOLDS, seed: int = SEED
+) -> NDArray[np.float64]:
+    """Out-of-fold p_invert for every image, folds split by source package (probe and forest both refit)."""
+    n_groups = len(set(table.groups.tolist()))
+    splitter = StratifiedGroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
+    probabilities = np.zeros(len(table.labels))
+    for train_index, test_index in splitter.split(table.colours, table.labels, table.groups):
+        train_table, test_table = table.subset(train_index), table.subset(test_index)
+        rows, probe = fit_forest_rows(train_table)
+        forest = make_forest(seed).fit(rows, train_table.labels)
+        test_rows = FeatureExtractor.combine_with(probe, test_table.embeddings, test_table.colours)
+        probabilities[test_index] = forest.predict_proba(test_rows)[:, 1]
+    return probabilities
+
+
+def pin_leftovers(model: InvertModel, table: FeatureTable) -> dict[str, bool]:
+    """Exact-hash overrides for the training images the fitted model still gets wrong."""
+    rows = FeatureExtractor.combine_with(model.extractor.probe, table.embeddings, table.colours)
+    p_invert = model.forest.predict_proba(rows)
+    wrong = (p_invert >= model.threshold) != (table.labels == 1)
+    return {table.sha256s[i]: bool(table.labels[i]) for i in np.flatnonzero(wrong)}
+
+
+def model_version(
+    backbone_spec: str, forest: PackedForest, threshold: float, overrides: dict[str, bool]
+) -> str:
+    """A version that changes whenever anything that can change an answer changes."""
+    digest = hashlib.sha256()
+    for array in (forest.feature, forest.threshold, forest.left, forest.right, forest.p_positive):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(f"{backbone_spec}|{threshold:.6f}|{sorted(overrides.items())}".encode())
+    return f"{spec_slug(backbone_spec)}-{digest.hexdigest()[:10]}"
+
+
+def spec_slug(backbone_spec: str) -> str:
+    """`effnet-lite0@160` -> `effnet-lite0-160`; a CLIP checkpoint path is reduced to its architecture."""
+    spec = parse_spec(backbone_spec)
+    if spec.kind == "clip":
+        return f"clip-{spec.arch}"
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", spec.spec)
+
+
+def train(
+    images: Sequence[LabelledImage],
+    *,
+    backbone_spec: str = DEFAULT_BACKBONE,
+    out_dir: Path,
+    progress: Progress | None = None,
+    false_invert_target: float = FALSE_INVERT_TARGET,
+    table: FeatureTable | None = None,
+) -> TrainingResult:
+    """Train on `images` and write the model directory `out_dir`."""
+    spec = parse_spec(backbone_spec)
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_path: Path | None = None
+        if spec.kind == "effnet-lite0":
+            # Embed through the very ONNX graph that will be served, so training and serving agree.
+            onnx_path = Path(scratch) / "backbone.onnx"
+            export_onnx(backbone_spec, onnx_path)
+        backbone = load_backbone(backbone_spec, onnx_path=onnx_path)
+        if table is None:
+            table = compute_features(images, backbone, progress=progress)
+
+        oof = grouped_cv_probabilities(table)
+        threshold = threshold_for_false_invert_rate(oof, table.labels, false_invert_target)
+        cv = binary_metrics(oof, table.labels, threshold)
+        cv_at_half = binary_metrics(oof, table.labels, 0.5)
+
+        rows, probe = fit_forest_rows(table)
+        forest = make_forest().fit(rows, table.labels)
+        packed = PackedForest.from_sklearn(forest)
+        manifest = Manifest(
+            format=MODEL_FORMAT,
+            version="unversioned",
+            backbone=backbone_spec,
+            embedding_dim=backbone.dim,
+            embedding_inputs="probe",
+            feature_names=list(FEATURE_NAMES),
+            n_features=packed.n_features,
+            threshold=round(float(threshold), 6),
+            sklearn_version=sklearn.__version__,
+            training_set_hash=training_set_hash(zip(table.sha256s, table.labels.tolist(), strict=True)),
+            n_training_images=len(table.labels),
+            files={},
+            metrics={"grouped_cv": cv.to_json(), "grouped_cv_at_0.5": cv_at_half.to_json()},
+            training=training_info(table),
+        )
+        model = InvertModel(manifest, packed, FeatureExtractor(backbone, probe), {})
+        overrides = pin_leftovers(model, table)
+        model.overrides = overrides
+        version = model_version(backbone_spec, packed, manifest.threshold, overrides)
+        model.manifest = Manifest(**{**manifest.__dict__, "version": version})
+        model.save(out_dir, backbone_onnx=onnx_path)
+    return TrainingResult(model=model, cv=cv, cv_at_half=cv_at_half, n_overrides=len(overrides))
+
+
+def training_info(table: FeatureTable) -> dict[str, Any]:
+    return {
+        "n_invert": int(table.labels.sum()),
+        "n_dont_invert": int((table.labels == 0).sum()),
+        "source_packages": sorted(set(table.groups.tolist())),
+        "cv": f"StratifiedGroupKFold({CV_FOLDS}) by source_package, seed {SEED}",
+        "forest": f"ExtraTreesClassifier({N_TREES} trees, full depth, balanced classes)",
+        "embedding_inputs": f"linear probe (LogisticRegression C={PROBE_C}, out-of-fold by package)",
+        "false_invert_target": FALSE_INVERT_TARGET,
+    }

@@ -1,0 +1,210 @@
+"""The `invertornot` command: classify, train, eval, serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from classifier.dataset import DEFAULT_DATASET_DIR, DatasetError
+from classifier.decode import ImageError
+from classifier.model import ModelError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _progress_bar(total: int, description: str) -> Any:
+    from tqdm import tqdm
+
+    # On stderr, so stdout stays machine-readable; disabled automatically when not a terminal.
+    return tqdm(total=total, desc=description, unit="img", file=sys.stderr, disable=None)
+
+
+# -- classify ----------------------------------------------------------------------------------------
+
+
+def _is_url(value: str) -> bool:
+    return value.startswith(("http://", "https://"))
+
+
+async def _fetch_all(urls: Sequence[str], allow_private: bool) -> dict[str, bytes | dict[str, str]]:
+    from proxy.errors import ApiError
+    from proxy.fetch import FetchPolicy, SafeFetcher, create_client_session
+
+    policy = FetchPolicy(allow_private_networks=allow_private)
+    results: dict[str, bytes | dict[str, str]] = {}
+    async with create_client_session(policy) as session:
+        fetcher = SafeFetcher(session, policy)
+
+        async def one(url: str) -> None:
+            try:
+                results[url] = (await fetcher.fetch_image(url)).body
+            except ApiError as error:
+                results[url] = {"code": error.code, "message": error.message}
+
+        await asyncio.gather(*(one(url) for url in urls))
+    return results
+
+
+def _read_input(item: str, fetched: dict[str, bytes | dict[str, str]]) -> bytes | dict[str, str]:
+    if _is_url(item):
+        return fetched[item]
+    try:
+        return Path(item).read_bytes()
+    except FileNotFoundError:
+        return {"code": "not_found", "message": f"no such file: {item}"}
+    except OSError as error:
+        return {"code": "unreadable", "message": f"cannot read {item}: {error.strerror}"}
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from classifier.model import InvertModel
+
+    model = InvertModel.load(args.model)
+    urls = [item for item in args.inputs if _is_url(item)]
+    fetched = asyncio.run(_fetch_all(urls, args.allow_private_networks)) if urls else {}
+    failed = False
+    for start in range(0, len(args.inputs), args.batch_size):
+        batch = args.inputs[start : start + args.batch_size]
+        loaded = [_read_input(item, fetched) for item in batch]
+        blobs = [data for data in loaded if isinstance(data, bytes)]
+        verdicts = iter(model.classify_bytes(blobs))
+        for item, data in zip(batch, loaded, strict=True):
+            record: dict[str, Any] = {"input": item}
+            result = next(verdicts) if isinstance(data, bytes) else data
+            if isinstance(result, ImageError):
+                record["error"] = {"code": result.code, "message": result.message}
+            elif isinstance(result, dict):
+                record["error"] = result
+            else:
+                record.update(
+                    invert=result.invert,
+                    p_invert=result.p_invert,
+                    confidence=result.confidence,
+                    sha256=result.sha256,
+                    model=result.model,
+                )
+            failed = failed or "error" in record
+            print(json.dumps(record), flush=True)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# -- train / eval ------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from classifier.dataset import read_labels
+    from classifier.train import train
+
+    images = read_labels(args.labels, args.images)
+    print(f"training on {len(images)} labelled images with backbone {args.backbone}", file=sys.stderr)
+    with _progress_bar(len(images), "embedding") as bar:
+        result = train(images, backbone_spec=args.backbone, out_dir=args.out, progress=bar.update)
+    cv, half = result.cv, result.cv_at_half
+    print(
+        f"package-grouped 5-fold CV at threshold {cv.threshold:.3f}: accuracy {cv.accuracy:.3f}, "
+        f"false-invert rate {cv.false_invert_rate:.3f}, missed-invert rate {cv.missed_invert_rate:.3f}, "
+        f"AUC {cv.auc or 0:.3f}\n"
+        f"  (at threshold 0.5: accuracy {half.accuracy:.3f}, false-invert rate {half.false_invert_rate:.3f})\n"
+        f"training set fit: 100% ({result.n_overrides} image(s) pinned by exact hash)\n"
+        f"wrote model {result.model.version} to {args.out}"
+    )
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from classifier.dataset import read_labels
+    from classifier.evaluate import evaluate, write_report
+    from classifier.model import InvertModel
+
+    model = InvertModel.load(args.model)
+    images = read_labels(args.labels, args.images)
+    with _progress_bar(len(images), "evaluating") as bar:
+        evaluation = evaluate(model, images, progress=bar.update)
+    if args.report:
+        write_report(evaluation, args.report)
+    summary = evaluation.to_json()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        h = summary["heuristic"]
+        print(
+            f"model {summary['model']} on {summary['n']} images: accuracy {summary['accuracy']:.3f}, "
+            f"false-invert rate {summary['false_invert_rate']:.3f}, "
+            f"missed-invert rate {summary['missed_invert_rate']:.3f}, AUC {summary['auc'] or 0:.3f}\n"
+            f"saturation heuristic: accuracy {h['accuracy']:.3f}, false-invert rate {h['false_invert_rate']:.3f}, "
+            f"missed-invert rate {h['missed_invert_rate']:.3f}"
+            + (f"\nreport: {args.report}" if args.report else "")
+        )
+    return EXIT_OK
+
+
+# -- parser ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invertornot", description="Decide which images to invert in dark mode."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    classify = commands.add_parser("classify", help="classify image files or URLs; one JSON line each")
+    classify.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files or http(s) URLs")
+    classify.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: the shipped model)"
+    )
+    classify.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    classify.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        help="let URLs point at loopback/private addresses (refused by default, as in the server)",
+    )
+    classify.set_defaults(handler=cmd_classify)
+
+    dataset_labels = DEFAULT_DATASET_DIR / "labels.csv"
+    dataset_images = DEFAULT_DATASET_DIR / "images"
+    train = commands.add_parser("train", help="train a model; prints package-grouped CV metrics")
+    train.add_argument(
+        "--labels", type=Path, default=dataset_labels, help="labels.csv (default: the dev set)"
+    )
+    train.add_argument(
+        "--images", type=Path, default=dataset_images, help="images folder (default: the dev set)"
+    )
+    train.add_argument("--out", type=Path, required=True, help="model directory to write")
+    train.add_argument(
+        "--backbone", default="effnet-lite0", help="effnet-lite0[@SIZE] or clip:ARCH@PRETRAINED"
+    )
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser(
+        "eval", help="score a model and the saturation heuristic on a labelled set"
+    )
+    evaluate.add_argument("--labels", type=Path, required=True, help="labels.csv (empty label = skipped)")
+    evaluate.add_argument("--images", type=Path, required=True, help="images folder")
+    evaluate.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: the shipped model)"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--report", type=Path, default=None, help="write an HTML report here")
+    evaluate.set_defaults(handler=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ModelError, DatasetError) as error:
+        print(f"invertornot: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

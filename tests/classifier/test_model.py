@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from classifier.dataset import read_labels
+from classifier.decode import ImageError
+from classifier.features import FEATURE_NAMES
+from classifier.model import (
+    DEFAULT_MODEL_DIR,
+    FOREST_FILE,
+    MANIFEST_FILE,
+    InvertModel,
+    ModelError,
+)
+from tests.helpers import encode_png
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def edit_manifest(directory: Path, **changes: object) -> None:
+    path = directory / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def drawing(ink: tuple[int, int, int, int], background: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Image.Image:
+    """A line-art figure: axes, a curve, grid lines and labels, like an equation plot exported with transparency."""
+    image = Image.new("RGBA", (320, 240), background)
+    draw = ImageDraw.Draw(image)
+    draw.line([(30, 210), (300, 210)], fill=ink, width=2)
+    draw.line([(30, 210), (30, 20)], fill=ink, width=2)
+    points = [(30 + x, 210 - int(180 * (x / 270) ** 2)) for x in range(0, 271, 5)]
+    draw.line(points, fill=ink, width=3)
+    for x in range(60, 300, 40):
+        draw.line([(x, 205), (x, 215)], fill=ink, width=2)
+        draw.text((x - 6, 218), str(x // 40), fill=ink)
+    draw.text((200, 40), "y = x^2", fill=ink)
+    return image
+
+
+def test_manifest_describes_the_model(default_model: InvertModel) -> None:
+    manifest = default_model.manifest
+    assert manifest.backbone == "effnet-lite0"
+    assert manifest.feature_names == list(FEATURE_NAMES)
+    assert manifest.version.startswith("effnet-lite0-")
+    assert 0.5 <= manifest.threshold < 1.0
+    assert manifest.metrics["grouped_cv"]["false_invert_rate"] <= 0.02
+    assert len(manifest.training_set_hash) == 64
+    # The shipped model must stay small enough to live inside the wheel.
+    size = sum(path.stat().st_size for path in DEFAULT_MODEL_DIR.iterdir())
+    assert size <= 20 * 2**20
+
+
+def test_default_model_fits_the_whole_training_set(default_model: InvertModel, dataset) -> None:
+    wrong = []
+    for start in range(0, len(dataset), 64):
+        batch = dataset[start : start + 64]
+        verdicts = default_model.classify_bytes([item.path.read_bytes() for item in batch])
+        wrong.extend(item.file for item, verdict in zip(batch, verdicts, strict=True) if verdict.invert != bool(item.label))
+    assert wrong == []
+    assert len(dataset) == default_model.manifest.n_training_images
+
+
+def test_black_ink_and_light_icon_on_transparency_get_opposite_verdicts(default_model: InvertModel) -> None:
+    black_ink = encode_png(drawing((0, 0, 0, 255)))
+    light_ink = encode_png(drawing((235, 235, 235, 255)))
+    black, light = default_model.classify_bytes([black_ink, light_ink])
+    assert not isinstance(black, ImageError) and not isinstance(light, ImageError)
+    assert black.invert is True, black
+    assert light.invert is False, light
+
+
+def test_photo_like_noise_is_not_inverted(default_model: InvertModel) -> None:
+    rng = np.random.default_rng(7)
+    gradient = np.linspace(0, 1, 256)[None, :, None] * np.array([180, 120, 60])[None, None, :]
+    pixels = np.clip(gradient + rng.normal(40, 30, size=(192, 256, 3)), 0, 255).astype(np.uint8)
+    (verdict,) = default_model.classify_bytes([encode_png(Image.fromarray(pixels))])
+    assert not isinstance(verdict, ImageError)
+    assert verdict.invert is False
+
+
+def test_verdict_fields_are_consistent(default_model: InvertModel, dataset) -> None:
+    blobs = [item.path.read_bytes() for item in dataset[:8]] + [b"not an image"]
+    results = default_model.classify_bytes(blobs)
+    assert len(results) == 9
+    error = results[-1]
+    assert isinstance(error, ImageError) and error.code == "undecodable"
+    for verdict in results[:-1]:
+        assert not isinstance(verdict, ImageError)
+        assert verdict.model == default_model.version
+        assert len(verdict.sha256) == 64
+        assert verdict.invert == (verdict.p_invert >= default_model.threshold) or verdict.confidence == 1.0
+        expected = verdict.p_invert if verdict.invert else 1 - verdict.p_invert
+        assert verdict.confidence == pytest.approx(expected, abs=1e-3)
+
+
+def test_small_model_fits_its_training_set_and_round_trips(small_model_dir: Path, small_set, tmp_path: Path) -> None:
+    labels, images = small_set
+    model = InvertModel.load(small_model_dir)
+    items = read_labels(labels, images)
+    blobs = [item.path.read_bytes() for item in items]
+    first = model.classify_bytes(blobs)
+    assert [v.invert for v in first if not isinstance(v, ImageError)] == [bool(item.label) for item in items]
+
+    again = InvertModel.load(copy_model(small_model_dir, tmp_path / "copy")).classify_bytes(blobs)
+    assert [v.p_invert for v in again if not isinstance(v, ImageError)] == [
+        v.p_invert for v in first if not isinstance(v, ImageError)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"feature_names": ["saturation_mean_white"]}, "different colour features"),
+        ({"embedding_dim": 512}, "1280-d"),
+        ({"backbone": "effnet-lite0@160"}, "effnet-lite0@160"),
+        ({"format": 99}, "format"),
+        ({"unexpected_field": 1}, "fields do not match"),
+        ({"embedding_inputs": "pca"}, "embedding_inputs"),
+    ],
+)
+def test_mismatched_manifest_is_refused(small_model_dir: Path, tmp_path: Path, change, message) -> None:
+    directory = copy_model(small_model_dir, tmp_path / "model")
+    edit_manifest(directory, **change)
+    with pytest.raises((ModelError, ValueError), match=message):
+        InvertModel.load(directory)
+
+
+def test_corrupt_or_missing_files_are_refused(small_model_dir: Path, tmp_path: Path) -> None:
+    corrupt = copy_model(small_model_dir, tmp_path / "corrupt")
+    (corrupt / FOREST_FILE).write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="does not match the manifest"):
+        InvertModel.load(corrupt)
+
+    missing = copy_model(small_model_dir, tmp_path / "missing")
+    (missing / FOREST_FILE).unlink()
+    with pytest.raises(ModelError, match="missing"):
+        InvertModel.load(missing)
+
+    with pytest.raises(ModelError, match="not a model directory"):
+        InvertModel.load(tmp_path)
+
+
+def test_serving_path_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from classifier.model import InvertModel\n"
+        "model = InvertModel.load()\n"
+        "from classifier.dataset import DEFAULT_DATASET_DIR\n"
+        "blob = next((DEFAULT_DATASET_DIR / 'images').iterdir()).read_bytes()\n"
+        "assert model.classify_bytes([blob])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'sklearn' not in sys.modules, 'sklearn was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
