@@ -14,6 +14,7 @@ Prints a table; asserts nothing. Takes a few minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -21,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     import torch
 
 IMAGES = ROOT / "classifier" / "dataset" / "images"
+Row = tuple[str, str, str, str, str, str]
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def dataset_images(count: int, offset: int) -> list[Image.Image]:
@@ -51,15 +54,19 @@ def dataset_images(count: int, offset: int) -> list[Image.Image]:
     return images
 
 
-def best_rate(run: Callable[[np.ndarray], object], batch: np.ndarray, size: int, repeat: int) -> float:
-    """Best images/s over `repeat` passes through `batch` in chunks of `size` (best-of: the CPU is shared)."""
-    run(batch[:size])  # warm-up: lazy allocation, kernel selection
-    best = 0.0
+def best_rates(runners: dict[str, Runner], pixels: np.ndarray, batch: int, repeat: int) -> dict[str, float]:
+    """Best images/s of each runner over `repeat` passes through `pixels` in chunks of `batch`.
+
+    The passes are interleaved (one pass of every runner, then the next round) and the best is kept, so that
+    a burst of load from other processes on a shared machine does not land on one variant only.
+    """
+    best = dict.fromkeys(runners, 0.0)
     for _ in range(repeat):
-        started = time.perf_counter()
-        for start in range(0, len(batch), size):
-            run(batch[start : start + size])
-        best = max(best, len(batch) / (time.perf_counter() - started))
+        for name, run in runners.items():
+            started = time.perf_counter()
+            for start in range(0, len(pixels), batch):
+                run(pixels[start : start + batch])
+            best[name] = max(best[name], len(pixels) / (time.perf_counter() - started))
     return best
 
 
@@ -123,10 +130,6 @@ def quantize_variants(src: Path, calibration: np.ndarray, batch: int, workdir: P
     return out
 
 
-Row = tuple[str, str, str, str, str, str]
-Runner = Callable[[np.ndarray], np.ndarray]
-
-
 def table_row(size: int, name: str, rate: float, batch: int, features: np.ndarray, reference: np.ndarray) -> Row:
     cos = cosines(features, reference)
     ms = 1000 * batch / rate
@@ -154,14 +157,13 @@ def bench_effnet(sizes: Sequence[int], threads: int, batch: int, repeat: int, co
     for size in sizes:
         spec = backbones.parse_spec(f"effnet-lite0@{size}").spec
         pixels = backbones.prepare_batch(evaluation, size)
-        results: dict[str, tuple[float, np.ndarray]] = {}
         # One model per layout: .to(channels_last) converts the weights in place.
-        for name, layout in (
-            ("torch fp32", torch.contiguous_format),
-            ("torch channels_last", torch.channels_last),
-        ):
-            run = torch_runner(backbones.build_efficientnet_lite0(input_size=size), layout)
-            results[name] = (best_rate(run, pixels, batch, repeat), run(pixels))
+        runners = {
+            "torch fp32": torch_runner(backbones.build_efficientnet_lite0(input_size=size), torch.contiguous_format),
+            "torch channels_last": torch_runner(
+                backbones.build_efficientnet_lite0(input_size=size), torch.channels_last
+            ),
+        }
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = Path(tmp) / "model.onnx"
             backbones.export_onnx(spec, onnx_path)
@@ -169,11 +171,11 @@ def bench_effnet(sizes: Sequence[int], threads: int, batch: int, repeat: int, co
             if int8:
                 calibration_pixels = backbones.prepare_batch(calibration, size)
                 variants |= quantize_variants(onnx_path, calibration_pixels, batch, Path(tmp))
-            for name, path in variants.items():
-                run = ort_runner(path, threads)
-                results[name] = (best_rate(run, pixels, batch, repeat), run(pixels))
-        reference = results["torch fp32"][1]
-        rows += [table_row(size, name, rate, batch, out, reference) for name, (rate, out) in results.items()]
+            runners |= {name: ort_runner(path, threads) for name, path in variants.items()}
+        outputs = {name: run(pixels) for name, run in runners.items()}  # also warms every runner up
+        rates = best_rates(runners, pixels, batch, repeat)
+        reference = outputs["torch fp32"]
+        rows += [table_row(size, name, rates[name], batch, outputs[name], reference) for name in runners]
         print(f"  done {size} px", file=sys.stderr, flush=True)
     return rows
 
@@ -183,23 +185,27 @@ def bench_clip(batch: int, repeat: int, count: int) -> list[Row]:
     import torch
 
     torch.manual_seed(0)
-    model, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
-    model.eval()
+    fp32, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     pixels = backbones.prepare_batch(dataset_images(count, offset=2), 224)
-    rows: list[Row] = []
-    reference: np.ndarray | None = None
-    for name, dtype in (("fp32", torch.float32), ("bf16 (model cast)", torch.bfloat16)):
-        model.to(dtype)
 
-        def run(x: np.ndarray, dtype: torch.dtype = dtype) -> np.ndarray:
+    def runner(model: Any, dtype: torch.dtype) -> Runner:  # an open_clip CLIP, untyped
+        model.eval()
+
+        def run(x: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
                 return model.encode_image(torch.from_numpy(x).to(dtype), normalize=True).float().numpy()
 
-        rate = best_rate(run, pixels, batch, repeat)
-        features = run(pixels)
-        reference = features if reference is None else reference
-        rows.append(table_row(224, f"CLIP ViT-B-32 random {name}", rate, batch, features, reference))
-    return rows
+        return run
+
+    runners = {
+        "CLIP ViT-B-32 random fp32": runner(fp32, torch.float32),
+        "CLIP ViT-B-32 random bf16 (model cast)": runner(bf16, torch.bfloat16),
+    }
+    outputs = {name: run(pixels) for name, run in runners.items()}
+    rates = best_rates(runners, pixels, batch, repeat)
+    reference = outputs["CLIP ViT-B-32 random fp32"]
+    return [table_row(224, name, rates[name], batch, outputs[name], reference) for name in runners]
 
 
 def bench_prepare(count: int) -> str:
@@ -234,7 +240,7 @@ def main() -> None:
 
     rows = bench_effnet(args.sizes, args.threads, args.batch, args.repeat, args.images, not args.no_int8)
     if not args.no_clip:
-        rows += bench_clip(args.batch, max(1, args.repeat - 1), min(args.images, 32))
+        rows += bench_clip(args.batch, max(1, args.repeat - 1), min(args.images, 16))
     header = ("size", "variant", "img/s", "ms/batch", "cos mean", "cos min")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:

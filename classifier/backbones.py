@@ -384,11 +384,19 @@ def export_onnx(spec: str, path: Path) -> None:
 # --- ONNX Runtime EfficientNet ------------------------------------------------------------------------------
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on: in a container os.cpu_count() reports the host's, oversubscribing."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _session_options(threads: int | None) -> onnxruntime.SessionOptions:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or _usable_cpus()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -507,8 +515,9 @@ class OpenClipBackbone:
                 pixels = torch.from_numpy(batch)
                 if self._dtype is not None:
                     pixels = pixels.to(self._dtype)
-                features = self._model.encode_image(pixels, normalize=True)
-                chunks.append(features.float().numpy())
+                # Normalise in float32: a bf16 norm is only good to about 3 significant digits.
+                features = self._model.encode_image(pixels, normalize=False).float()
+                chunks.append(torch.nn.functional.normalize(features, dim=-1).numpy())
         if not chunks:
             return np.empty((0, self.dim), dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32, copy=False)

@@ -17,7 +17,7 @@ from PIL import Image
 DARK_PAGE_RGB = (0x12, 0x12, 0x12)
 WHITE_RGB = (0xFF, 0xFF, 0xFF)
 #: Longer side of the thumbnail the statistics are computed on.
-THUMBNAIL_SIDE = 128
+THUMBNAIL_SIDE = 64
 
 _LIGHTNESS_BINS = 8
 _BACKGROUNDS = {"white": WHITE_RGB, "dark": DARK_PAGE_RGB}
@@ -62,7 +62,7 @@ def thumbnail_rgba(image: Image.Image, side: int = THUMBNAIL_SIDE) -> NDArray[np
         scale = side / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         # Premultiplied resize so transparent pixels' colours do not bleed into visible edges.
-        image = image.convert("RGBa").resize(size, Image.Resampling.BILINEAR).convert("RGBA")
+        image = image.convert("RGBa").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0).convert("RGBA")
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
@@ -112,9 +112,11 @@ def _border(values: FloatArray) -> FloatArray:
 
 
 def _background_statistics(rgb: FloatArray) -> list[float]:
+    """The per-background statistics, then the lightness histogram (one HSL pass for both)."""
     saturation, lightness = _hsl_saturation_lightness(rgb)
-    near_white = lightness > 0.9
-    near_black = lightness < 0.1
+    size = max(lightness.size, 1)
+    near_white = np.count_nonzero(lightness > 0.9)
+    near_black = np.count_nonzero(lightness < 0.1)
 
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     rg = red - green
@@ -126,42 +128,41 @@ def _background_statistics(rgb: FloatArray) -> list[float]:
     counts = np.bincount(codes.reshape(-1), minlength=4096)
     distinct = int(np.count_nonzero(counts))
 
-    grad_y = np.abs(np.diff(lightness, axis=0))
-    grad_x = np.abs(np.diff(lightness, axis=1))
-    edges = np.concatenate([grad_x.reshape(-1), grad_y.reshape(-1)]) if lightness.size > 1 else np.zeros(1)
+    edges = np.concatenate(
+        [np.abs(np.diff(lightness, axis=1)).reshape(-1), np.abs(np.diff(lightness, axis=0)).reshape(-1)]
+    )
     if edges.size == 0:
         edges = np.zeros(1, dtype=np.float32)
 
     border = _border(lightness)
-    inverted_lightness = _hsl_saturation_lightness(css_invert(rgb))[1]
+    # The CSS-inverted image's lightness follows from lightness and luma already at hand: invert() flips
+    # it, grayscale(50%) mixes in luma, brightness(95%) scales it; no second HSL pass needed.
+    inverted_lightness = (1.0 - (0.5 * lightness + 0.5 * _luma(rgb))) * 0.95
+    bins = np.minimum((lightness * _LIGHTNESS_BINS).astype(np.int32), _LIGHTNESS_BINS - 1)
+    histogram = np.bincount(bins.reshape(-1), minlength=_LIGHTNESS_BINS) / size
     return [
         float(saturation.mean()),
-        float((saturation > 0.35).mean()),
+        float(np.count_nonzero(saturation > 0.35) / size),
         float(lightness.mean()),
         float(lightness.std()),
-        float(near_white.mean()),
-        float(near_black.mean()),
-        float((~near_white & ~near_black).mean()),
+        float(near_white / size),
+        float(near_black / size),
+        float(1.0 - (near_white + near_black) / size),
         min(colourfulness, 1.0),
-        float(counts.max() / lightness.size),
+        float(counts.max() / size),
         float(np.log2(distinct) / 12.0),
-        float((edges > 0.25).mean()),
+        float(np.count_nonzero(edges > 0.25) / edges.size),
         float(edges.mean()),
         float(border.mean()),
         float(border.std()),
         float(inverted_lightness.mean()),
+        *histogram.tolist(),
     ]
 
 
-def _lightness_histogram(rgb: FloatArray) -> list[float]:
-    _, lightness = _hsl_saturation_lightness(rgb)
-    histogram, _ = np.histogram(lightness, bins=_LIGHTNESS_BINS, range=(0.0, 1.0))
-    return (histogram / max(lightness.size, 1)).astype(np.float32).tolist()
-
-
-def colour_features(image: Image.Image) -> FloatArray:
+def colour_features(image: Image.Image, *, side: int = THUMBNAIL_SIDE) -> FloatArray:
     """The statistics named by `FEATURE_NAMES`, in that order, for one RGBA (or any mode) image."""
-    rgba = thumbnail_rgba(image)
+    rgba = thumbnail_rgba(image, side)
     alpha = rgba[..., 3]
     opaque = alpha >= 0.5
     luma = _luma(rgba)
@@ -175,10 +176,12 @@ def colour_features(image: Image.Image) -> FloatArray:
         float((opaque & (luma > 0.6)).sum() / opaque_count) if (alpha < 1.0).any() else 0.0,
         float(np.log(image.width / max(image.height, 1))),
     ]
+    histograms: list[float] = []
     for name in _BACKGROUNDS:
-        values.extend(_background_statistics(over[name]))
-    values.extend(_lightness_histogram(over["white"]))
-    values.extend(_lightness_histogram(over["dark"]))
+        statistics = _background_statistics(over[name])
+        values.extend(statistics[: len(_PER_BACKGROUND)])
+        histograms.extend(statistics[len(_PER_BACKGROUND) :])
+    values.extend(histograms)
     features = np.asarray(values, dtype=np.float32)
     if features.shape != (len(FEATURE_NAMES),):  # pragma: no cover - guards edits of the list above
         raise AssertionError(f"{features.shape[0]} feature values for {len(FEATURE_NAMES)} names")

@@ -59,14 +59,24 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
 
-def composite_on_white(image: Image.Image) -> Image.Image:
-    """The RGB image the backbone sees: what the picture depicts, as drawn on its authoring canvas."""
+def backbone_input(image: Image.Image, size: int) -> Image.Image:
+    """The size x size RGB image the backbone sees: the whole picture, squashed, drawn over white.
+
+    White, because the backbone is asked what the picture depicts, as drawn on its authoring canvas
+    (how it will look on the dark page is the colour statistics' job). Resizing first, in premultiplied
+    alpha, makes compositing a cheap integer add on a small image: over white, premultiplied
+    colour c*a becomes c*a + 255*(1 - a), i.e. rgb + (255 - alpha).
+    """
+    if image.size != (size, size):
+        mode = "RGBa" if image.mode in ("RGBA", "LA", "PA", "P") else "RGB"
+        image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     if image.mode == "RGB":
         return image
-    rgba = image.convert("RGBA")
-    canvas = Image.new("RGB", rgba.size, WHITE_RGB)
-    canvas.paste(rgba, mask=rgba.getchannel("A"))
-    return canvas
+    if image.mode != "RGBa":
+        image = image.convert("RGBa")
+    pixels = np.asarray(image, dtype=np.uint16)
+    rgb = pixels[..., :3] + (255 - pixels[..., 3:4])
+    return Image.fromarray(np.minimum(rgb, 255).astype(np.uint8), "RGB")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -115,9 +125,8 @@ class FeatureExtractor:
         return self.combine(embeddings, colours)
 
     def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
-        return np.asarray(
-            self.backbone.embed([composite_on_white(image) for image in images]), dtype=np.float32
-        )
+        size = self.backbone.input_size
+        return np.asarray(self.backbone.embed([backbone_input(image, size) for image in images]), dtype=np.float32)
 
     def combine(self, embeddings: NDArray[np.float32], colours: NDArray[np.float32]) -> NDArray[np.float32]:
         return self.combine_with(self.probe, embeddings, colours)

@@ -24,7 +24,7 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, cross_val_
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from classifier.backbones import DEFAULT_BACKBONE, Backbone, export_onnx, load_backbone, parse_spec
+from classifier.backbones import Backbone, export_onnx, load_backbone, parse_spec
 from classifier.dataset import LabelledImage, training_set_hash
 from classifier.decode import decode_image
 from classifier.features import FEATURE_NAMES, colour_features
@@ -40,6 +40,9 @@ N_TREES = 300
 #: Inverse regularisation of the embedding's linear probe (strong: 1.5k images, 1280 dimensions).
 PROBE_C = 0.003
 SEED = 20261125
+#: The shipped model's backbone. 128 px input: package-grouped CV accuracy is the same as at 224 px
+#: (0.899 vs 0.900 at a 2 % false-invert rate) and the network runs ~2.8x faster (379 vs 137 img/s here).
+TRAINING_BACKBONE = "effnet-lite0@128"
 
 Progress = Callable[[int], None]
 
@@ -204,7 +207,7 @@ def spec_slug(backbone_spec: str) -> str:
 def train(
     images: Sequence[LabelledImage],
     *,
-    backbone_spec: str = DEFAULT_BACKBONE,
+    backbone_spec: str = TRAINING_BACKBONE,
     out_dir: Path,
     progress: Progress | None = None,
     false_invert_target: float = FALSE_INVERT_TARGET,

@@ -1,0 +1,92 @@
+"""Classifier throughput: encoded bytes in memory -> verdicts, on the dataset mix and on full-size images.
+
+Prints images/s for a few ways of spending the cores, the saturation heuristic as the no-model baseline
+(same process, same inputs), and the peak RSS. Usage: python bench/classify.py [--seconds S] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from PIL import Image  # noqa: E402
+
+from classifier.dataset import DEFAULT_DATASET_DIR, read_labels  # noqa: E402
+from classifier.heuristic import SaturationHeuristic  # noqa: E402
+from classifier.model import InvertModel  # noqa: E402
+
+
+def dataset_mix() -> list[bytes]:
+    images = read_labels(DEFAULT_DATASET_DIR / "labels.csv", DEFAULT_DATASET_DIR / "images")
+    return [item.path.read_bytes() for item in images]
+
+
+def full_size_mix(count: int = 24) -> list[bytes]:
+    """1-3 MP JPEG photos and large PNG diagrams, made by upscaling dataset images."""
+    images = read_labels(DEFAULT_DATASET_DIR / "labels.csv", DEFAULT_DATASET_DIR / "images")
+    photos = [i for i in images if i.category in ("photo", "painting")][: count // 2]
+    diagrams = [i for i in images if i.category in ("diagram", "plot")][: count // 2]
+    blobs = []
+    for index, item in enumerate(photos + diagrams):
+        image = Image.open(item.path)
+        megapixels = 1.0 + 2.0 * (index % 5) / 4  # 1 to 3 MP
+        scale = (megapixels * 1e6 / (image.width * image.height)) ** 0.5
+        big = image.resize((int(image.width * scale), int(image.height * scale)), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        if item in photos:
+            big.convert("RGB").save(buffer, format="JPEG", quality=90)
+        else:
+            big.save(buffer, format="PNG")
+        blobs.append(buffer.getvalue())
+    return blobs
+
+
+def measure(classify: Callable[[Sequence[bytes]], object], blobs: list[bytes], *, batch: int, workers: int,
+            seconds: float) -> float:
+    """Images per second, keeping `workers` batches in flight until `seconds` have passed."""
+    batches = [blobs[i : i + batch] for i in range(0, len(blobs), batch)]
+    classify(batches[0])  # warm-up
+    done = 0
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        while time.perf_counter() - start < seconds:
+            for count in pool.map(lambda b: (classify(b), len(b))[1], batches):
+                done += count
+            if done >= len(blobs) and time.perf_counter() - start >= seconds:
+                break
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="minimum time per measurement")
+    parser.add_argument("--model", type=Path, default=None)
+    args = parser.parse_args()
+
+    mixes = {"dataset (<= 384 px)": dataset_mix(), "full size (1-3 MP)": full_size_mix()}
+    cores = os.cpu_count() or 1
+    print(f"{cores} cores; dataset mix {len(mixes['dataset (<= 384 px)'])} images, full-size mix 24 images")
+    heuristic = SaturationHeuristic()
+    configurations = [("1 caller, ORT on all cores", None, 1), ("2 callers, ORT 1 thread each", 1, 2)]
+    for name, blobs in mixes.items():
+        baseline = measure(heuristic.classify_bytes, blobs, batch=16, workers=cores, seconds=args.seconds / 2)
+        print(f"\n{name}: saturation heuristic (decode + statistics only) {baseline:7.1f} img/s")
+        for label, threads, workers in configurations:
+            model = InvertModel.load(args.model, threads=threads)
+            rate = measure(model.classify_bytes, blobs, batch=16, workers=workers, seconds=args.seconds)
+            print(f"  model, batch 16, {label:32s} {rate:7.1f} img/s  ({rate / baseline:.2f}x heuristic)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak RSS {peak:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
