@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from classifier.dataset import DEFAULT_DATASET_DIR, read_labels  # noqa: E402
-from classifier.heuristic import SaturationHeuristic  # noqa: E402
-from classifier.model import InvertModel  # noqa: E402
+from classifier.dataset import DEFAULT_DATASET_DIR, read_labels
+from classifier.heuristic import SaturationHeuristic
+from classifier.model import InvertModel
 
 
 def dataset_mix() -> list[bytes]:
@@ -50,8 +50,9 @@ def full_size_mix(count: int = 24) -> list[bytes]:
     return blobs
 
 
-def measure(classify: Callable[[Sequence[bytes]], object], blobs: list[bytes], *, batch: int, workers: int,
-            seconds: float) -> float:
+def measure(
+    classify: Callable[[Sequence[bytes]], object], blobs: list[bytes], *, batch: int, workers: int, seconds: float
+) -> float:
     """Images per second, keeping `workers` batches in flight until `seconds` have passed."""
     batches = [blobs[i : i + batch] for i in range(0, len(blobs), batch)]
     classify(batches[0])  # warm-up

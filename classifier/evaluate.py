@@ -133,9 +133,7 @@ def _roc_svg(labels: NDArray[np.int64], scores: NDArray[np.float64], heuristic: 
 
     def polyline(values: NDArray[np.float64], colour: str) -> str:
         fpr, tpr, _ = roc_curve(labels, values)
-        points = " ".join(
-            f"{20 + x * size:.1f},{20 + (1 - y) * size:.1f}" for x, y in zip(fpr, tpr, strict=True)
-        )
+        points = " ".join(f"{20 + x * size:.1f},{20 + (1 - y) * size:.1f}" for x, y in zip(fpr, tpr, strict=True))
         return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
 
     return (

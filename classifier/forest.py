@@ -110,8 +110,6 @@ class PackedForest:
         for name in ("threshold", "left", "right", "p_positive"):
             if getattr(forest, name).shape != (nodes,):
                 raise ValueError(f"{path}: array {name!r} does not match the node count {nodes}")
-        if nodes and (
-            forest.left.max() >= nodes or forest.right.max() >= nodes or forest.feature.max() >= n_features
-        ):
+        if nodes and (forest.left.max() >= nodes or forest.right.max() >= nodes or forest.feature.max() >= n_features):
             raise ValueError(f"{path}: node indices out of range")
         return forest

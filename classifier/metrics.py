@@ -21,10 +21,7 @@ class BinaryMetrics:
     confusion: dict[str, int]  # tp, fp, tn, fn with "invert" as the positive class
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            key: (round(value, 4) if isinstance(value, float) else value)
-            for key, value in asdict(self).items()
-        }
+        return {key: (round(value, 4) if isinstance(value, float) else value) for key, value in asdict(self).items()}
 
 
 def binary_metrics(

@@ -20,7 +20,7 @@ from PIL import Image
 
 from classifier.backbones import Backbone, BackboneLoadError, BackboneSpecError, load_backbone
 from classifier.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
-from classifier.features import FEATURE_NAMES, WHITE_RGB, colour_features
+from classifier.features import FEATURE_NAMES, colour_features
 from classifier.forest import PackedForest
 from classifier.verdict import Verdict
 
@@ -102,9 +102,7 @@ class LinearProbe:
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(
-            path, mean=self.mean, scale=self.scale, weights=self.weights, bias=np.float32(self.bias)
-        )
+        np.savez_compressed(path, mean=self.mean, scale=self.scale, weights=self.weights, bias=np.float32(self.bias))
 
     @classmethod
     def load(cls, path: Path) -> LinearProbe:
@@ -255,9 +253,7 @@ class InvertModel:
         self.manifest = manifest
 
     @classmethod
-    def load(
-        cls, directory: Path | None = None, *, threads: int | None = None, **options: Any
-    ) -> InvertModel:
+    def load(cls, directory: Path | None = None, *, threads: int | None = None, **options: Any) -> InvertModel:
         """Load and verify a model directory (the shipped default model when `directory` is None)."""
         directory = DEFAULT_MODEL_DIR if directory is None else Path(directory)
         manifest = read_manifest(directory)
@@ -266,9 +262,7 @@ class InvertModel:
             if not path.is_file():
                 raise ModelError(f"{directory}: {name} is listed in the manifest but missing")
             if sha256_hex(path.read_bytes()) != expected:
-                raise ModelError(
-                    f"{directory}: {name} does not match the manifest's sha256 (corrupt or replaced)"
-                )
+                raise ModelError(f"{directory}: {name} does not match the manifest's sha256 (corrupt or replaced)")
         forest = PackedForest.load(directory / FOREST_FILE)
         probe = LinearProbe.load(directory / PROBE_FILE) if PROBE_FILE in manifest.files else None
         onnx_path = directory / BACKBONE_ONNX_FILE if BACKBONE_ONNX_FILE in manifest.files else None
@@ -317,14 +311,11 @@ def check_layout(
     embedded = manifest.embedding_dim
     if manifest.embedding_inputs == "probe":
         if probe is None or probe.weights.shape != (manifest.embedding_dim,):
-            raise ModelError(
-                "the manifest asks for a linear probe of the embedding; probe.npz is missing or wrong"
-            )
+            raise ModelError("the manifest asks for a linear probe of the embedding; probe.npz is missing or wrong")
         embedded = 1
     elif manifest.embedding_inputs != "raw":
         raise ModelError(f"unknown embedding_inputs {manifest.embedding_inputs!r}")
     if forest.n_features != embedded + len(FEATURE_NAMES) or manifest.n_features != forest.n_features:
         raise ModelError(
-            f"the forest expects {forest.n_features} inputs; backbone and features give "
-            f"{embedded + len(FEATURE_NAMES)}"
+            f"the forest expects {forest.n_features} inputs; backbone and features give {embedded + len(FEATURE_NAMES)}"
         )

@@ -161,9 +161,7 @@ def fit_forest_rows(table: FeatureTable) -> tuple[NDArray[np.float32], LinearPro
     return rows, probe
 
 
-def grouped_cv_probabilities(
-    table: FeatureTable, *, folds: int = CV_FOLDS, seed: int = SEED
-) -> NDArray[np.float64]:
+def grouped_cv_probabilities(table: FeatureTable, *, folds: int = CV_FOLDS, seed: int = SEED) -> NDArray[np.float64]:
     """Out-of-fold p_invert for every image, folds split by source package (probe and forest both refit)."""
     n_groups = len(set(table.groups.tolist()))
     splitter = StratifiedGroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
@@ -185,9 +183,7 @@ def pin_leftovers(model: InvertModel, table: FeatureTable) -> dict[str, bool]:
     return {table.sha256s[i]: bool(table.labels[i]) for i in np.flatnonzero(wrong)}
 
 
-def model_version(
-    backbone_spec: str, forest: PackedForest, threshold: float, overrides: dict[str, bool]
-) -> str:
+def model_version(backbone_spec: str, forest: PackedForest, threshold: float, overrides: dict[str, bool]) -> str:
     """A version that changes whenever anything that can change an answer changes."""
     digest = hashlib.sha256()
     for array in (forest.feature, forest.threshold, forest.left, forest.right, forest.p_positive):

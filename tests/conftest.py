@@ -25,7 +25,9 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
     command = [sys.executable, "-m", "proxy.cli", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"{command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(
+            f"{command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
     return result
 
 
@@ -51,7 +53,9 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         rows = list(reader)
     chosen: list[dict[str, str]] = []
     for package in SMALL_SET_PACKAGES:
-        chosen.extend([row for row in rows if row["source_package"] == package and row["label"]][:SMALL_SET_PER_PACKAGE])
+        chosen.extend(
+            [row for row in rows if row["source_package"] == package and row["label"]][:SMALL_SET_PER_PACKAGE]
+        )
     assert fieldnames is not None
     with (root / "labels.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fieldnames)

@@ -43,9 +43,7 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def handmade_png(
-    width: int, height: int, bit_depth: int, colour_type: int, idat: bytes, *extra: bytes
-) -> bytes:
+def handmade_png(width: int, height: int, bit_depth: int, colour_type: int, idat: bytes, *extra: bytes) -> bytes:
     """A PNG written byte by byte, for what Pillow won't save (16-bit RGBA, lying headers)."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return (
@@ -447,9 +445,7 @@ def test_exif_orientation_with_draft_and_downscale() -> None:
         ((1000, 500), None, (1000, 500)),
     ],
 )
-def test_max_side_keeps_aspect_ratio(
-    size: tuple[int, int], max_side: int | None, expected: tuple[int, int]
-) -> None:
+def test_max_side_keeps_aspect_ratio(size: tuple[int, int], max_side: int | None, expected: tuple[int, int]) -> None:
     image = Image.new("RGB", size, GREEN)
     image.paste(RED, (0, 0, size[0] // 2, size[1]))
     decoded = decode_image(encode(image, "PNG"), max_side=max_side)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,9 @@ def test_default_model_fits_the_whole_training_set(default_model: InvertModel, d
     for start in range(0, len(dataset), 64):
         batch = dataset[start : start + 64]
         verdicts = default_model.classify_bytes([item.path.read_bytes() for item in batch])
-        wrong.extend(item.file for item, verdict in zip(batch, verdicts, strict=True) if verdict.invert != bool(item.label))
+        wrong.extend(
+            item.file for item, verdict in zip(batch, verdicts, strict=True) if verdict.invert != bool(item.label)
+        )
     assert wrong == []
     assert len(dataset) == default_model.manifest.n_training_images
 

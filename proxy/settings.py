@@ -1,0 +1,275 @@
+"""`Settings`: every knob of the classification service, built once at the edge from flags and environment.
+
+Each field has a default and a help text; the CLI flags (`--max-image-bytes`), the environment variables
+(`INVERTORNOT_MAX_IMAGE_BYTES`) and the README's table are all generated from this one dataclass, so they
+cannot drift apart. Precedence: defaults < environment < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proxy.fetch import FetchPolicy
+
+ENV_PREFIX = "INVERTORNOT_"
+_MIB = 2**20
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration. Limits are named here with the reason they exist."""
+
+    host: str = _setting("127.0.0.1", "Address to listen on. Use 0.0.0.0 to accept connections from other hosts.")
+    port: int = _setting(8080, "TCP port to listen on.")
+    model: Path | None = _setting(  # noqa: RUF009 -- _setting returns a dataclasses.field
+        None, "Model directory written by `invertornot train`; empty means the model shipped in the package."
+    )
+    inference_threads: int = _setting(
+        0,
+        "Threads ONNX Runtime uses inside one batch (0: its default, every core). Lower it to leave cores "
+        "to the event loop on a busy host.",
+    )
+    allow_private_networks: bool = _setting(
+        False,
+        "UNSAFE on a public server: lets image URLs reach loopback, private, link-local and other internal "
+        "addresses (anyone could then probe your intranet). For tests and local use only.",
+    )
+    allowed_networks: tuple[str, ...] = _setting(
+        (),
+        "Comma-separated CIDR networks exempted from the address check, e.g. a trusted intranet image host.",
+    )
+    connect_timeout: float = _setting(5.0, "Seconds to wait for an upstream TCP/TLS connection.")
+    read_timeout: float = _setting(10.0, "Longest silence, in seconds, between two reads from an upstream.")
+    total_timeout: float = _setting(
+        20.0, "Seconds for a whole upstream fetch, redirects and body included (stops byte-tricklers)."
+    )
+    max_redirects: int = _setting(5, "Redirects followed per fetch; each hop is checked again.")
+    max_image_bytes: int = _setting(
+        20 * _MIB, "Largest image accepted, fetched or uploaded, in bytes (counted while streaming)."
+    )
+    max_pixels: int = _setting(
+        50_000_000, "Largest image accepted, in pixels, checked from the header before decoding (bombs)."
+    )
+    max_request_bytes: int = _setting(
+        32 * _MIB, "Largest request body, in bytes (uploads with several files included)."
+    )
+    max_urls_per_batch: int = _setting(100, "URLs accepted in one batch request (POST /api/v1/classify, /api/url).")
+    max_files_per_upload: int = _setting(32, "Files accepted in one multipart upload.")
+    url_cache_ttl: float = _setting(
+        3600.0, "Seconds a URL -> image hash mapping is trusted; the image behind a URL can change."
+    )
+    url_cache_size: int = _setting(100_000, "URL -> image hash entries kept in memory (about 200 bytes each).")
+    verdict_cache_size: int = _setting(
+        100_000, "Image hash -> verdict entries kept in memory; a verdict never goes stale for one model."
+    )
+    batch_size: int = _setting(32, "Most images classified in one model call (micro-batching).")
+    batch_wait_ms: float = _setting(
+        3.0, "Milliseconds to wait for more images before classifying a batch that is not full."
+    )
+    max_queued_images: int = _setting(
+        2000, "Images allowed to wait for the classifier; beyond that new images get 503 (overloaded)."
+    )
+    executor_threads: int = _setting(
+        1, "Threads running classification batches; ONNX Runtime already uses every core inside one batch."
+    )
+    rate_limit_per_minute: int = _setting(
+        600, "Requests per minute each client IP may make to the API (0: no limit); over it answers 429."
+    )
+    rate_limit_burst: int = _setting(120, "Requests a client may make at once before the per-minute rate applies.")
+    trust_forwarded_for: bool = _setting(
+        False,
+        "Take the client IP for rate limiting from the last X-Forwarded-For entry. Enable only behind a "
+        "reverse proxy that sets it, or clients can pick their own identity.",
+    )
+    cache_max_age: int = _setting(
+        86400, "Cache-Control max-age, in seconds, on verdict responses (verdicts of one model never change)."
+    )
+    redis_url: str = _setting(
+        "", "Redis URL for a cache shared by several instances. Accepted but not used yet (issue 7)."
+    )
+    log_level: str = _setting("info", "Logging level: debug, info, warning or error.")
+    access_log: bool = _setting(
+        False, "Log one line per request (off by default: it costs throughput on cached lookups)."
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError("port must be between 0 and 65535")
+        for name in ("connect_timeout", "read_timeout", "total_timeout", "url_cache_ttl"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        for name in (
+            "max_image_bytes",
+            "max_pixels",
+            "max_request_bytes",
+            "max_urls_per_batch",
+            "max_files_per_upload",
+            "url_cache_size",
+            "verdict_cache_size",
+            "batch_size",
+            "max_queued_images",
+            "executor_threads",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("inference_threads", "max_redirects", "rate_limit_per_minute", "cache_max_age"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.batch_wait_ms < 0:
+            raise ValueError("batch_wait_ms must not be negative")
+        if self.rate_limit_per_minute and self.rate_limit_burst < 1:
+            raise ValueError("rate_limit_burst must be at least 1 when rate limiting is on")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level must be debug, info, warning or error")
+        try:
+            self.fetch_policy()  # a malformed allowed_networks entry fails at startup, not on the first fetch
+        except ValueError as error:
+            raise ValueError(f"allowed_networks: {error}") from None
+
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            allow_private_networks=self.allow_private_networks,
+            allowed_networks=self.allowed_networks,
+            max_redirects=self.max_redirects,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            total_timeout=self.total_timeout,
+            max_image_bytes=self.max_image_bytes,
+        )
+
+    # -- building -----------------------------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, overridden by `INVERTORNOT_*` variables, overridden by `overrides` (already typed)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in setting_specs():
+            raw = environ.get(spec.env)
+            if raw is not None:
+                try:
+                    values[spec.name] = spec.parse(raw)
+                except ValueError as error:
+                    raise ValueError(f"{spec.env}={raw!r}: {error}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from parsed flags (see `add_arguments`); flags not given fall back to the environment."""
+        given = {spec.name: getattr(args, spec.name) for spec in setting_specs() if hasattr(args, spec.name)}
+        return cls.from_env(environ, **given)
+
+
+# -- one description per field, for flags, environment and docs -------------------------------------------
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    kind: type  # int, float, str, bool, Path (optional) or tuple (of str)
+    optional: bool
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def parse(self, raw: str) -> Any:
+        """A string from the environment or the command line, as this field's type."""
+        text = raw.strip()
+        if self.kind is bool:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true/false, yes/no, on/off or 1/0")
+        if self.optional and not text:
+            return None
+        if self.kind is tuple:
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        if self.kind is int:
+            return int(text.replace("_", ""))
+        if self.kind is float:
+            return float(text)
+        if self.kind is Path:
+            return Path(text)
+        return text
+
+    def shown_default(self) -> str:
+        if self.default is None or self.default == () or self.default == "":
+            return "(empty)"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return str(self.default)
+
+
+def _field_kind(annotation: Any) -> tuple[type, bool]:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _field_kind(args[0])[0], True
+    if origin is tuple:
+        return tuple, False
+    return annotation, False
+
+
+def setting_specs() -> list[SettingSpec]:
+    """One `SettingSpec` per `Settings` field, in declaration order."""
+    hints = typing.get_type_hints(Settings)
+    specs = []
+    for item in dataclasses.fields(Settings):
+        kind, optional = _field_kind(hints[item.name])
+        specs.append(SettingSpec(item.name, kind, optional, item.default, item.metadata["help"]))
+    return specs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting. Flags not given are absent from the namespace, so the environment applies."""
+    for spec in setting_specs():
+        help_text = f"{spec.help} [env {spec.env}; default {spec.shown_default()}]"
+        if spec.kind is bool:
+            parser.add_argument(
+                spec.flag,
+                dest=spec.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                spec.flag,
+                dest=spec.name,
+                type=spec.parse,
+                default=argparse.SUPPRESS,
+                metavar=spec.name.upper(),
+                help=help_text,
+            )
+
+
+def settings_markdown_table() -> str:
+    """The README's table of settings: flag, environment variable, default, meaning."""
+    lines = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for spec in setting_specs():
+        meaning = spec.help.replace("|", "\\|")
+        flag = f"`{spec.flag}` / `--no-{spec.flag[2:]}`" if spec.kind is bool else f"`{spec.flag}`"
+        lines.append(f"| {flag} | `{spec.env}` | `{spec.shown_default()}` | {meaning} |")
+    return "\n".join(lines) + "\n"
