@@ -9,6 +9,8 @@ the overall look, and on two cores every millisecond per image counts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
@@ -39,6 +41,32 @@ _PER_BACKGROUND = (
     "border_lightness_std",
     "inverted_lightness_mean",  # how bright the CSS-inverted image looks on this background
 )
+#: Background / foreground layout and texture, measured as the image is shown (over the dark page).
+#: The background is the most common quantised colour; the foreground everything clearly different.
+_LAYOUT = (
+    "background_fraction_shown",  # "mostly flat background": figures, text, icons on transparency
+    "background_lightness_shown",  # "dark already": a dark canvas (dark plots, terminals, night photos)
+    "foreground_lightness_shown",
+    "foreground_contrast_shown",  # foreground minus background lightness: light-on-dark (< 0) or dark-on-light
+    "foreground_saturation_shown",  # colour of the content itself, not diluted by a white background
+    "foreground_colours_log_shown",  # distinct colours of the content: line art few, photos many
+    "flat_fraction_shown",  # pixels with no lightness change at all: drawn, not photographed
+    "texture_fraction_shown",  # small but non-zero changes: photo texture, noise, soft gradients
+    "axis_aligned_edge_share_shown",  # strong edges running horizontally/vertically: text, axes, boxes, UIs
+    "uniform_block_fraction_shown",  # 4x4 blocks without any lightness change: large uniform regions
+    "ink_row_transitions_shown",  # rows alternating between ink and no ink: lines of text
+    "ink_column_transitions_shown",
+    "background_lightness_white",  # the authoring canvas: light for figures, also for transparent ones
+    "foreground_contrast_white",
+)
+#: WCAG contrast of the visible (alpha >= 0.5) pixels against each page colour: is the ink legible?
+#: Mid-grey symbolic icons (#444) are not "dark ink" by lightness but have contrast < 2 on #121212.
+_LEGIBILITY = (
+    "low_contrast_fraction_dark",  # contrast < 3 (WCAG's minimum for graphics) against the dark page
+    "low_contrast_fraction_white",
+    "median_contrast_dark",  # log contrast / log 21, in [0, 1]
+    "median_contrast_white",
+)
 FEATURE_NAMES: tuple[str, ...] = (
     "transparent_fraction",  # alpha < 128
     "semi_transparent_fraction",  # 0 < alpha < 255: antialiased ink, soft shadows
@@ -49,6 +77,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"{stat}_{background}" for background in _BACKGROUNDS for stat in _PER_BACKGROUND),
     *(f"lightness_hist_{i}_white" for i in range(_LIGHTNESS_BINS)),
     *(f"lightness_hist_{i}_dark" for i in range(_LIGHTNESS_BINS)),
+    *_LAYOUT,
+    *_LEGIBILITY,
 )
 
 FloatArray = NDArray[np.float32]
@@ -111,7 +141,18 @@ def _border(values: FloatArray) -> FloatArray:
     return np.concatenate([values[0], values[-1], values[1:-1, 0], values[1:-1, -1]])
 
 
-def _background_statistics(rgb: FloatArray) -> list[float]:
+@dataclass(frozen=True)
+class _Planes:
+    """Per-pixel planes of one composite, shared by the statistics that need them."""
+
+    rgb: FloatArray
+    saturation: FloatArray
+    lightness: FloatArray
+    codes: NDArray[np.int32]  # quantised colour, 16 levels per channel
+    counts: NDArray[np.intp]  # histogram of `codes`
+
+
+def _background_statistics(rgb: FloatArray) -> tuple[list[float], _Planes]:
     """The per-background statistics, then the lightness histogram (one HSL pass for both)."""
     saturation, lightness = _hsl_saturation_lightness(rgb)
     size = max(lightness.size, 1)
@@ -157,7 +198,130 @@ def _background_statistics(rgb: FloatArray) -> list[float]:
         float(border.std()),
         float(inverted_lightness.mean()),
         *histogram.tolist(),
+    ], _Planes(rgb, saturation, lightness, codes, counts)
+
+
+#: Colours within this distance (max over channels) of the background colour count as background.
+_BACKGROUND_TOLERANCE = 0.08
+#: Lightness steps on the 64 px thumbnail: below FLAT nothing changes (drawn fills), below TEXTURE the
+#: change is gentle (photo texture, gradients), above STRONG it is an edge (ink, lines, text).
+_FLAT_STEP, _TEXTURE_STEP, _STRONG_STEP = 0.004, 0.08, 0.1
+_BLOCK = 4
+#: WCAG 2's minimum contrast ratio for graphical objects.
+_LEGIBLE_CONTRAST = 3.0
+
+
+def _background_split(planes: _Planes) -> tuple[NDArray[np.bool_], float, float]:
+    """Background mask (near the most common colour), background lightness, foreground lightness."""
+    code = int(planes.counts.argmax())
+    colour = np.asarray([(code >> 8) & 15, (code >> 4) & 15, code & 15], dtype=np.float32) / 15.0
+    rgb = planes.rgb
+    # Elementwise over the three planes: reducing over a length-3 last axis is ~10x slower.
+    distance = np.maximum(
+        np.maximum(np.abs(rgb[..., 0] - colour[0]), np.abs(rgb[..., 1] - colour[1])), np.abs(rgb[..., 2] - colour[2])
+    )
+    background = distance < _BACKGROUND_TOLERANCE
+    lightness = planes.lightness
+    background_lightness = float(lightness[background].mean()) if background.any() else float(lightness.mean())
+    foreground = ~background
+    foreground_lightness = float(lightness[foreground].mean()) if foreground.any() else background_lightness
+    return background, background_lightness, foreground_lightness
+
+
+def _layout_statistics(shown: _Planes, white: _Planes) -> list[float]:
+    """`_LAYOUT`, in order: background/foreground split, texture and text structure of the shown image."""
+    background, background_lightness, foreground_lightness = _background_split(shown)
+    foreground = ~background
+    if foreground.any():
+        foreground_saturation = float(shown.saturation[foreground].mean())
+        foreground_colours = np.count_nonzero(np.bincount(shown.codes[foreground], minlength=4096))
+        foreground_colours_log = float(np.log2(foreground_colours) / 12.0)
+    else:
+        foreground_saturation, foreground_colours_log = 0.0, 0.0
+
+    lightness = shown.lightness
+    height, width = lightness.shape
+    flat, texture, axis_aligned = 1.0, 0.0, 0.0
+    if height >= 2 and width >= 2:
+        step_x = np.abs(np.diff(lightness, axis=1))[:-1, :]
+        step_y = np.abs(np.diff(lightness, axis=0))[:, :-1]
+        step = step_x + step_y
+        flat = float(np.count_nonzero(step < _FLAT_STEP) / step.size)
+        texture = float(np.count_nonzero((step >= _FLAT_STEP) & (step < _TEXTURE_STEP)) / step.size)
+        strong = step > _STRONG_STEP
+        if strong.any():
+            # An edge is axis-aligned when its gradient points (nearly) along x or y.
+            low = np.minimum(step_x[strong], step_y[strong])
+            high = np.maximum(step_x[strong], step_y[strong])
+            axis_aligned = float(np.count_nonzero(low < 0.25 * high) / low.size)
+    rows, columns = height // _BLOCK, width // _BLOCK
+    uniform = 0.0
+    if rows and columns:
+        blocks = lightness[: rows * _BLOCK, : columns * _BLOCK].reshape(rows, _BLOCK, columns, _BLOCK)
+        spread = blocks.max(axis=(1, 3)) - blocks.min(axis=(1, 3))
+        uniform = float(np.count_nonzero(spread < 0.02) / spread.size)
+    ink_rows = foreground.mean(axis=1) > 0.02
+    ink_columns = foreground.mean(axis=0) > 0.02
+    row_transitions = np.count_nonzero(ink_rows[1:] != ink_rows[:-1]) / max(height, 1)
+    column_transitions = np.count_nonzero(ink_columns[1:] != ink_columns[:-1]) / max(width, 1)
+
+    _, white_background, white_foreground = _background_split(white)
+    return [
+        float(background.mean()),
+        background_lightness,
+        foreground_lightness,
+        foreground_lightness - background_lightness,
+        foreground_saturation,
+        foreground_colours_log,
+        flat,
+        texture,
+        axis_aligned,
+        uniform,
+        float(row_transitions),
+        float(column_transitions),
+        white_background,
+        white_foreground - white_background,
     ]
+
+
+#: sRGB byte -> linear light (WCAG 2), so luminance needs no per-pixel power function.
+_SRGB = np.arange(256, dtype=np.float64) / 255.0
+_LINEAR_CHANNEL = np.where(_SRGB <= 0.04045, _SRGB / 12.92, ((_SRGB + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def relative_luminance(rgb_bytes: NDArray[np.uint8]) -> FloatArray:
+    """WCAG relative luminance of sRGB byte triples (last axis)."""
+    linear = _LINEAR_CHANNEL
+    return (
+        0.2126 * linear[rgb_bytes[..., 0]] + 0.7152 * linear[rgb_bytes[..., 1]] + 0.0722 * linear[rgb_bytes[..., 2]]
+    ).astype(np.float32)
+
+
+_DARK_LUMINANCE = float(relative_luminance(np.asarray(DARK_PAGE_RGB, dtype=np.uint8)))
+_WHITE_LUMINANCE = 1.0
+
+
+def _contrast_ratio(luminance: float, page_luminance: float) -> float:
+    return (max(luminance, page_luminance) + 0.05) / (min(luminance, page_luminance) + 0.05)
+
+
+def _legibility_statistics(rgba: FloatArray) -> list[float]:
+    """`_LEGIBILITY`, in order: how legible the visible pixels are on the dark page and on white."""
+    visible = rgba[..., 3] >= 0.5
+    if not visible.any():
+        return [0.0, 0.0, 0.0, 0.0]
+    luminance = relative_luminance((rgba[visible, :3] * 255.0 + 0.5).astype(np.uint8))
+    median = float(np.median(luminance))
+    values: list[float] = []
+    medians: list[float] = []
+    for page_luminance in (_DARK_LUMINANCE, _WHITE_LUMINANCE):
+        # contrast < 3 <=> luminance inside ((page + 0.05) / 3 - 0.05, 3 * (page + 0.05) - 0.05)
+        low = (page_luminance + 0.05) / _LEGIBLE_CONTRAST - 0.05
+        high = _LEGIBLE_CONTRAST * (page_luminance + 0.05) - 0.05
+        values.append(float(np.count_nonzero((luminance > low) & (luminance < high)) / luminance.size))
+        # Contrast of the median visible pixel (contrast is monotonic in luminance on either side of the page).
+        medians.append(float(np.log(_contrast_ratio(median, page_luminance)) / np.log(21.0)))
+    return values + medians
 
 
 def colour_features(image: Image.Image, *, side: int = THUMBNAIL_SIDE) -> FloatArray:
@@ -177,11 +341,14 @@ def colour_features(image: Image.Image, *, side: int = THUMBNAIL_SIDE) -> FloatA
         float(np.log(image.width / max(image.height, 1))),
     ]
     histograms: list[float] = []
+    planes: dict[str, _Planes] = {}
     for name in _BACKGROUNDS:
-        statistics = _background_statistics(over[name])
+        statistics, planes[name] = _background_statistics(over[name])
         values.extend(statistics[: len(_PER_BACKGROUND)])
         histograms.extend(statistics[len(_PER_BACKGROUND) :])
     values.extend(histograms)
+    values.extend(_layout_statistics(planes["dark"], planes["white"]))
+    values.extend(_legibility_statistics(rgba))
     features = np.asarray(values, dtype=np.float32)
     if features.shape != (len(FEATURE_NAMES),):  # pragma: no cover - guards edits of the list above
         raise AssertionError(f"{features.shape[0]} feature values for {len(FEATURE_NAMES)} names")
