@@ -5,7 +5,11 @@ Resources live in `app.cleanup_ctx`, each paired with its teardown, in dependenc
 1. the executor that runs classification batches (the only place model code runs);
 2. the classifier: the given one, or the model loaded in that executor at startup (the loop stays free);
 3. the one upstream `ClientSession` with the SSRF-safe connector, and its `SafeFetcher`;
-4. the caches, the batcher and the `VerdictService` that ties them together.
+4. the corrections store (labels people gave images are answered before the model);
+5. the shared cache (Redis, when configured: a second level behind this instance's caches);
+6. the caches, the batcher and the `VerdictService` that ties them together, then listening to the other
+   instances' announcements (labels, model reloads);
+7. SIGHUP: reload the model.
 """
 
 from __future__ import annotations
@@ -21,10 +25,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from classifier.verdict import ImageClassifier
-from proxy import compat, handlers
+from proxy import compat, corrections_routes, handlers, labelling, pages_routes, sharing
 from proxy.appkeys import (
     CLASSIFIER,
-    CORRECTIONS,
     EXECUTOR,
     FETCHER,
     METRICS,
@@ -34,14 +37,14 @@ from proxy.appkeys import (
     SETTINGS,
     STARTED,
 )
-from proxy.correction_queue import MemoryCorrectionQueue
 from proxy.fetch import SafeFetcher, create_client_session
 from proxy.metrics import Gauge, Metrics
 from proxy.middleware import edge_middleware
 from proxy.openapi import openapi_document
 from proxy.ratelimit import RateLimiter, rate_limit_middleware
 from proxy.settings import Settings
-from proxy.verdicts import Batcher, VerdictCaches, VerdictService
+from proxy.static_routes import add_static_routes
+from proxy.verdicts import Batcher, SwappableClassifier, VerdictCaches, VerdictService
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +72,21 @@ def create_app(
                 on_limited=metrics.rate_limited.inc,
             )
         )
-    if settings.redis_url:
-        log.warning("redis_url is set but a shared Redis cache is not implemented yet (issue 7); using memory only")
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_request_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app[CORRECTIONS] = MemoryCorrectionQueue()
     app.cleanup_ctx.extend(
         [_executor_ctx, partial(_classifier_ctx, given=classifier), partial(_session_ctx, resolver=resolver)]
     )
+    corrections_routes.setup(app, load_model=_model_loader(settings))  # the store's context comes before the service
+    app.cleanup_ctx.append(sharing.shared_cache_ctx)  # wraps the store, so it comes before the service
     app.cleanup_ctx.append(_service_ctx)
+    app.cleanup_ctx.append(sharing.announcements_ctx)
+    app.cleanup_ctx.append(corrections_routes.sighup_ctx)
+    pages_routes.setup(app)  # after the service: its background work stops before the service does
     _add_routes(app)
+    labelling.add_routes(app)
+    add_static_routes(app)
     return app
 
 
@@ -111,14 +118,17 @@ async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _classifier_ctx(app: web.Application, *, given: ImageClassifier | None) -> AsyncIterator[None]:
+    # Swappable: a model reload replaces what it holds, so everyone holding it (the batcher, the service,
+    # /healthz) moves to the new model at once.
     if given is not None:
-        app[CLASSIFIER] = given
+        app[CLASSIFIER] = SwappableClassifier(given)
     else:
         settings = app[SETTINGS]
         started = time.perf_counter()
         load = _model_loader(settings)
-        app[CLASSIFIER] = await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], load)
-        log.info("loaded model %s in %.1f s", app[CLASSIFIER].version, time.perf_counter() - started)
+        loaded = await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], load)
+        app[CLASSIFIER] = SwappableClassifier(loaded)
+        log.info("loaded model %s in %.1f s", loaded.version, time.perf_counter() - started)
     yield
 
 
@@ -159,7 +169,16 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     caches = VerdictCaches(
         url_size=settings.url_cache_size, url_ttl=settings.url_cache_ttl, verdict_size=settings.verdict_cache_size
     )
-    service = VerdictService(classifier, batcher, app[FETCHER], settings.fetch_policy(), caches, metrics)
+    service = VerdictService(
+        classifier,
+        batcher,
+        app[FETCHER],
+        settings.fetch_policy(),
+        caches,
+        metrics,
+        corrections=app[corrections_routes.STORE],
+        shared=app[sharing.SHARED_CACHE],
+    )
     metrics.add(
         Gauge(
             "invertornot_cache_entries",

@@ -9,7 +9,6 @@ import aiohttp
 from aiohttp import web
 
 from classifier.verdict import ImageClassifier
-from proxy.correction_queue import CorrectionQueue
 from proxy.fetch import SafeFetcher
 from proxy.metrics import Metrics
 from proxy.settings import Settings
@@ -17,7 +16,6 @@ from proxy.verdicts import VerdictService
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
-CORRECTIONS = web.AppKey[CorrectionQueue]("corrections")
 # Set by the cleanup contexts at startup, in this order; gone again after shutdown.
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 CLASSIFIER = web.AppKey[ImageClassifier]("classifier")

@@ -1,10 +1,11 @@
-"""The `invertornot` command: classify, train, eval, serve."""
+"""The `invertornot` command: classify, train, eval, serve, export-labels, annotate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,6 +102,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from classifier.train import TRAINING_BACKBONE, train
 
     images = read_labels(args.labels, args.images)
+    if args.database_url:
+        from proxy.labelset import merge_labels, read_people_labels
+
+        merged = merge_labels(images, read_people_labels(args.database_url, args.correction_images))
+        images = merged.images
+        print(f"merged the labels of {args.database_url}: {merged.summary()}", file=sys.stderr)
     backbone = args.backbone or TRAINING_BACKBONE
     print(f"training on {len(images)} labelled images with backbone {backbone}", file=sys.stderr)
     with _progress_bar(len(images), "embedding") as bar:
@@ -141,6 +148,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"missed-invert rate {h['missed_invert_rate']:.3f}" + (f"\nreport: {args.report}" if args.report else "")
         )
     return EXIT_OK
+
+
+def cmd_export_labels(args: argparse.Namespace) -> int:
+    from proxy.labelset import export_labels, read_people_labels
+
+    people = read_people_labels(args.database_url, args.correction_images)
+    dataset = (None, None) if args.no_dataset else (args.labels, args.images)
+    summary = export_labels(args.out, people, labels_csv=dataset[0], images_dir=dataset[1])
+    print(
+        f"wrote {summary.rows} rows to {args.out / 'labels.csv'} with their images: {summary.added} image(s) "
+        f"added and {summary.relabelled} relabelled by people ({summary.unavailable} label(s) without a stored image)"
+    )
+    return EXIT_OK
+
+
+# -- annotate ----------------------------------------------------------------------------------------
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from proxy.annotate import AnnotateError, AnnotateOptions, Annotator
+
+    if args.check and args.write:
+        print("invertornot: error: --check only reads; run without it to --write", file=sys.stderr)
+        return EXIT_USAGE
+    options = AnnotateOptions(
+        write=args.write,
+        check=args.check,
+        fetch=args.fetch,
+        site_url=args.site_url,
+        labels_path=args.labels,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        allow_private_networks=args.allow_private_networks,
+    )
+    try:
+        summary = Annotator(args.site, options, model_dir=args.model, progress=_progress_bar).run()
+    except (AnnotateError, ValueError) as error:
+        print(f"invertornot: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(summary.table())
+    for key, pages in sorted(summary.missing.items()):
+        print(f"missing: {key} (referenced by {', '.join(pages)})", file=sys.stderr)
+    for key in summary.unlabelled:
+        print(f"no label: {key}", file=sys.stderr)
+    return EXIT_FAILED if summary.unlabelled else EXIT_OK
 
 
 # -- serve -------------------------------------------------------------------------------------------
@@ -228,7 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="effnet-lite0[@SIZE] or clip:ARCH@PRETRAINED (default: effnet-lite0@128, the shipped model's)",
     )
+    _add_database_arguments(train, required=False)
     train.set_defaults(handler=cmd_train)
+
+    export = commands.add_parser(
+        "export-labels", help="write the dataset plus people's accepted labels as labels.csv + images/"
+    )
+    export.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
+    _add_database_arguments(export, required=True)
+    export.add_argument("--labels", type=Path, default=dataset_labels, help="labels.csv (default: the dev set)")
+    export.add_argument("--images", type=Path, default=dataset_images, help="images folder (default: the dev set)")
+    export.add_argument("--no-dataset", action="store_true", help="export only the images people labelled")
+    export.set_defaults(handler=cmd_export_labels)
 
     evaluate = commands.add_parser("eval", help="score a model and the saturation heuristic on a labelled set")
     evaluate.add_argument("--labels", type=Path, required=True, help="labels.csv (empty label = skipped)")
@@ -245,7 +308,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(serve)  # one flag per Settings field, generated so flags and settings cannot drift
     serve.set_defaults(handler=cmd_serve)
+
+    annotate = commands.add_parser(
+        "annotate", help="label the images of a static site (HTML and Markdown) into invertornot-labels.json"
+    )
+    annotate.add_argument("site", type=Path, metavar="SITE_DIR", help="the site's folder")
+    annotate.add_argument(
+        "--write", action="store_true", help="add invert / invert-not classes to the HTML pages (manual markup wins)"
+    )
+    annotate.add_argument(
+        "--check", action="store_true", help="classify nothing; exit 1 if an image lacks a label for its contents"
+    )
+    annotate.add_argument("--fetch", action="store_true", help="fetch and label remote images too")
+    annotate.add_argument(
+        "--site-url",
+        default="http://site.invalid/",
+        help="where the site is served (e.g. https://example.org/blog/): absolute URLs under it are local files",
+    )
+    annotate.add_argument(
+        "--labels", type=Path, default=None, help="labels file (default: SITE_DIR/invertornot-labels.json)"
+    )
+    annotate.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
+    annotate.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="threads hashing and decoding")
+    annotate.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    annotate.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        help="with --fetch: let URLs point at loopback/private addresses (refused by default, as in the server)",
+    )
+    annotate.set_defaults(handler=cmd_annotate)
     return parser
+
+
+def _add_database_arguments(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    """The server's --database-url and --correction-images-dir, under the same meaning."""
+    parser.add_argument(
+        "--database-url",
+        required=required,
+        default=None,
+        help="the server's corrections database, e.g. sqlite:///./invertornot.db"
+        + ("" if required else "; its accepted labels are merged into the training set (people's labels win)"),
+    )
+    parser.add_argument(
+        "--correction-images",
+        type=Path,
+        default=None,
+        help="the server's --correction-images-dir (default: beside the database file)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

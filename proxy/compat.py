@@ -5,7 +5,8 @@ Shapes follow that service (FastAPI, `api/main.py` of mattismegevand/invertornot
 * `POST /api/url`    body: JSON array of image URLs  -> `[{"invert", "sha1", "error", "url"}, ...]`
 * `POST /api/file`   multipart, repeated field `files` -> `[{"invert", "sha1", "error", "filename"}, ...]`
 * `POST /api/sha1`   body: JSON array of SHA-1 hex   -> `[{"invert", "sha1", "error"}, ...]`
-* `POST /api/correction` body: JSON array of URLs that were misclassified -> `null` (HTTP 200)
+* `POST /api/correction` body: JSON array of URLs that were misclassified -> `null` (HTTP 200); each becomes
+  a correction suggesting the opposite of our answer (anonymous ones wait for review; see corrections_routes)
 
 `invert` is 1 (invert), 0 (don't) or -1 (no answer: `error` says why); `error` is "" on success. Results
 are in input order and a failing item never fails the request. Malformed requests get our usual error
@@ -20,11 +21,10 @@ from typing import Any
 from aiohttp import web
 
 from classifier.decode import ImageError
-from proxy.appkeys import CORRECTIONS, SERVICE, SETTINGS
+from proxy.appkeys import SERVICE, SETTINGS
 from proxy.bodies import read_json, read_uploads, string_list
-from proxy.correction_queue import CorrectionReport
+from proxy.corrections_routes import report_wrong_verdict, reporter, spend_rate_budget
 from proxy.errors import ApiError
-from proxy.ratelimit import client_address
 from proxy.verdicts import Classified
 
 # invertornot.com's own message for an unknown hash.
@@ -105,21 +105,11 @@ async def api_sha1(request: web.Request) -> web.Response:
 
 
 async def api_correction(request: web.Request) -> web.Response:
-    urls = await _string_list(request, "URLs")
-    service = request.app[SERVICE]
-    queue = request.app[CORRECTIONS]
-    client = client_address(request, trust_forwarded_for=request.app[SETTINGS].trust_forwarded_for)
-    for url in urls:
-        # Record what we answered, if we still know: the report disputes that answer.
-        known = service.cached_url(url)
-        verdict = known.result if known is not None and not isinstance(known.result, ImageError) else None
-        await queue.submit(
-            CorrectionReport(
-                url=url,
-                sha256=known.sha256 if known is not None else None,
-                model=service.model if verdict is not None else None,
-                reported_invert=verdict.invert if verdict is not None else None,
-                client=client,
-            )
-        )
+    who = reporter(request)
+    urls = list(dict.fromkeys(await _string_list(request, "URLs")))  # a URL reported twice is one report
+    for _ in urls:
+        spend_rate_budget(request, who)  # each URL is a correction: a long list is not a way around the limit
+    # Every image is fetched and kept, so reports stay reviewable; one that cannot be fetched is dropped,
+    # as this API has no per-URL answer to report it in.
+    await asyncio.gather(*(report_wrong_verdict(request.app, who, url) for url in urls))
     return web.json_response(None)

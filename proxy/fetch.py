@@ -99,9 +99,7 @@ class FetchPolicy:
 
     @cached_property
     def address_policy(self) -> AddressPolicy:
-        return AddressPolicy.build(
-            allow_all=self.allow_private_networks, allowed_networks=self.allowed_networks
-        )
+        return AddressPolicy.build(allow_all=self.allow_private_networks, allowed_networks=self.allowed_networks)
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(
@@ -197,9 +195,7 @@ class SafeConnector(aiohttp.TCPConnector):
         self.address_policy = address_policy
 
 
-def create_client_session(
-    policy: FetchPolicy, *, resolver: AbstractResolver | None = None
-) -> aiohttp.ClientSession:
+def create_client_session(policy: FetchPolicy, *, resolver: AbstractResolver | None = None) -> aiohttp.ClientSession:
     """The app's one ClientSession for upstream fetches (call inside the running loop; close it at exit).
 
     No cookies ever (DummyCookieJar: one user's upstream session must not leak into another's fetch), no
@@ -275,9 +271,7 @@ class SafeFetcher:
                 served = declared or "no content type"
                 raise UnsupportedType(f"expected one of {', '.join(sorted(wanted))}, got {served}")
 
-        return await self._fetch(
-            url, accept=accept, max_bytes=self._policy.max_page_bytes, check_type=check_type
-        )
+        return await self._fetch(url, accept=accept, max_bytes=self._policy.max_page_bytes, check_type=check_type)
 
     async def _fetch(
         self,
@@ -294,9 +288,7 @@ class SafeFetcher:
         except ApiError:
             raise
         except TimeoutError:  # also aiohttp's ServerTimeoutError, ConnectionTimeoutError, SocketTimeoutError
-            raise UpstreamTimeout(
-                f"upstream did not answer in time (limit {self._policy.total_timeout:g} s)"
-            ) from None
+            raise UpstreamTimeout(f"upstream did not answer in time (limit {self._policy.total_timeout:g} s)") from None
         except aiohttp.ClientConnectorDNSError as exc:
             if isinstance(exc.os_error, RefusedAddressError):
                 raise AddressRefused(str(exc.os_error)) from None
@@ -316,9 +308,7 @@ class SafeFetcher:
         headers = {"Accept": accept, "User-Agent": self._policy.user_agent}
         seen = {url}
         while True:
-            async with self._session.get(
-                url, headers=headers, allow_redirects=False, timeout=self._timeout
-            ) as resp:
+            async with self._session.get(url, headers=headers, allow_redirects=False, timeout=self._timeout) as resp:
                 if resp.status in _REDIRECT_STATUSES:
                     url = self._next_hop(url, resp.headers)
                     if url in seen:

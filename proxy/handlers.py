@@ -79,7 +79,10 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 def cacheable_verdict(request: web.Request, body: dict[str, Any], verdict: Verdict, max_age: int) -> web.Response:
     """A verdict with validators: weak, because `cached` differs between otherwise equal answers."""
-    headers = {"ETag": f'W/"{verdict.sha256}.{verdict.model}"', "Cache-Control": f"public, max-age={max_age}"}
+    # The answer, not just the image and model, is in the tag: an accepted correction flips the answer
+    # for the same image and model, and a revalidating client must not be told "304, keep the old one".
+    tag = f"{verdict.sha256}.{verdict.model}.{verdict.source}.{int(verdict.invert)}"
+    headers = {"ETag": f'W/"{tag}"', "Cache-Control": f"public, max-age={max_age}"}
     if _etag_matches(request.headers.get("If-None-Match"), headers["ETag"]):
         return web.Response(status=304, headers=headers)
     return web.json_response(body, headers=headers)
@@ -154,7 +157,7 @@ async def verdict_by_hash(request: web.Request) -> web.Response:
     sha256 = request.match_info["sha256"].lower()
     if not _SHA256.fullmatch(sha256):
         raise BadRequest("expected a SHA-256 as 64 hexadecimal digits", code="invalid_sha256")
-    classified = request.app[SERVICE].cached_image(sha256)
+    classified = await request.app[SERVICE].lookup_image(sha256)  # other instances' too (shared cache)
     if classified is None:
         raise NotFound("no image with this SHA-256 has been classified by this model", code="unknown_image")
     verdict = require_verdict(classified)

@@ -85,7 +85,8 @@ def _preflight(allowed_methods: set[str]) -> web.Response:
         headers={
             **CORS_HEADERS,
             "Access-Control-Allow-Methods": ", ".join(sorted(allowed_methods)),
-            "Access-Control-Allow-Headers": "Content-Type",
+            # Authorization: trusted clients send their corrections token from other origins.
+            "Access-Control-Allow-Headers": "Content-Type, Authorization",
             "Access-Control-Max-Age": _PREFLIGHT_MAX_AGE,
         },
     )

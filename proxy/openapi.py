@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.corrections_openapi import SECURITY_SCHEMES
+from proxy.corrections_openapi import openapi_paths as corrections_openapi_paths
+from proxy.pages_routes import openapi_paths as pages_openapi_paths
 from proxy.settings import Settings
+from proxy.static_routes import openapi_paths as static_openapi_paths
 
 _JSON = "application/json"
 _SHA256 = "^[0-9a-f]{64}$"
@@ -23,15 +27,18 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 _ERROR_TEXT = {
     400: "Malformed request or URL.",
+    401: "An API token is needed (Authorization: Bearer TOKEN), or the one sent is not valid.",
     403: "The URL points at an address this server refuses to contact.",
     404: "Not found (upstream 404/410, or unknown hash).",
     413: "Too large: body, image bytes or pixels, or too many items.",
+    409: "Conflict: the correction was already decided.",
     415: "Unsupported content type or image format.",
     422: "The image cannot be decoded.",
     429: "Rate limited; see Retry-After.",
     500: "Internal error (logged).",
     502: "The upstream failed: error status, broken connection, bad redirect.",
-    503: "Overloaded: too many images are waiting for the classifier; retry later.",
+    503: "Overloaded (too many images waiting for the classifier, or reports for review), or a model reload "
+    "failed (the old model keeps serving); retry later.",
     504: "The upstream did not answer in time.",
 }
 
@@ -292,6 +299,9 @@ def openapi_document(settings: Settings, model_version: str) -> dict[str, Any]:
             }
         },
     }
+    paths.update(static_openapi_paths())
+    paths.update(corrections_openapi_paths(settings))
+    paths.update(pages_openapi_paths(settings))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -305,5 +315,5 @@ def openapi_document(settings: Settings, model_version: str) -> dict[str, Any]:
             "license": {"name": "MIT", "identifier": "MIT"},
         },
         "paths": paths,
-        "components": {"schemas": schemas, "responses": responses},
+        "components": {"schemas": schemas, "responses": responses, "securitySchemes": SECURITY_SCHEMES},
     }

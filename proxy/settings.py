@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -17,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proxy.corrections import parse_database_url
 from proxy.fetch import FetchPolicy
+from proxy.tokens import TokenRegistry
 
 ENV_PREFIX = "INVERTORNOT_"
 _MIB = 2**20
+_CSS_CLASS = re.compile(r"-?[A-Za-z_][A-Za-z0-9_-]*")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -96,8 +100,82 @@ class Settings:
     cache_max_age: int = _setting(
         86400, "Cache-Control max-age, in seconds, on verdict responses (verdicts of one model never change)."
     )
-    redis_url: str = _setting(
-        "", "Redis URL for a cache shared by several instances. Accepted but not used yet (issue 7)."
+    max_page_bytes: int = _setting(
+        5 * _MIB, "Largest page (HTML or summary JSON) the page proxy fetches, in bytes; bigger pages get 413."
+    )
+    max_images_per_page: int = _setting(
+        200, "Images of one page the page proxy classifies and marks; later ones are left as they are."
+    )
+    page_deadline_ms: int = _setting(
+        3000,
+        "Milliseconds the page proxy waits for a page's images (request deadline_ms may differ). Images not "
+        "classified by then are marked invert-not + data-invertornot-pending and finish in the background.",
+    )
+    page_concurrency: int = _setting(
+        8, "Images of one page fetched and classified at once (spares its upstream, keeps pages fair)."
+    )
+    max_background_images: int = _setting(
+        1000,
+        "Images, over all pages, still classifying after their page was answered; beyond it they are "
+        "dropped (a later request for the page starts them again).",
+    )
+    page_cache_max_age: int = _setting(
+        300, "Cache-Control max-age, in seconds, of a proxied page with every image marked (pages change)."
+    )
+    page_render_cache_bytes: int = _setting(
+        64 * _MIB,
+        "Memory for rewritten pages, reused while the upstream sends the same bytes and every image keeps "
+        "its verdict (a repeat request then skips parsing); 0: off.",
+    )
+    invert_class: str = _setting("invert", "Class the page proxy gives images to invert in dark mode.")
+    invert_not_class: str = _setting("invert-not", "Class the page proxy gives images to leave uninverted.")
+    redis_url: str = field(
+        default="",
+        repr=False,  # it may carry a password
+        metadata={
+            "help": "Redis shared by several instances (redis://[:PASSWORD@]HOST:PORT/DB, rediss://, "
+            "unix://PATH): a second-level verdict cache, one classification per image across instances, and "
+            "label and model reload announcements. Empty: each instance on its own. When Redis is "
+            "unreachable, instances keep answering from memory and reconnect by themselves."
+        },
+    )
+    redis_timeout: float = _setting(
+        0.5, "Seconds a Redis command may take before Redis counts as unreachable (requests never wait longer)."
+    )
+    redis_lock_seconds: float = _setting(
+        10.0,
+        "Seconds an instance may hold an image while classifying it before other instances classify it "
+        "themselves (covers a crashed or very slow instance).",
+    )
+    redis_retry_seconds: float = _setting(1.0, "Seconds between attempts to reach an unreachable Redis again.")
+    database_url: str = _setting(
+        "sqlite:///./invertornot.db",
+        "Where corrections and labels are kept: sqlite:///PATH (relative path) or sqlite:////PATH (absolute); "
+        "sqlite:// keeps them in memory only, for tests. Commits are fsync'd: nothing acknowledged is lost.",
+    )
+    correction_images_dir: Path | None = _setting(  # noqa: RUF009 -- _setting returns a dataclasses.field
+        None,
+        "Folder where the images of corrections and labels are kept by SHA-256, so they stay trainable when "
+        "their URLs die; empty: beside the database file (./invertornot-images for the default database).",
+    )
+    api_tokens: tuple[str, ...] = field(
+        default=(),
+        repr=False,  # secrets stay out of logs and tracebacks
+        metadata={
+            "help": "API tokens, TOKEN or NAME:TOKEN (16+ characters; comma-separated, or repeat --api-token). "
+            "Holders' corrections apply at once; they may review, label (/label) and reload the model. "
+            "NAME is recorded with each decision.",
+            "aliases": ("--api-token",),
+        },
+    )
+    correction_rate_limit_per_minute: int = _setting(
+        10,
+        "Corrections per minute an anonymous client IP may send (0: no limit); over it answers 429. Token "
+        "holders are not limited.",
+    )
+    correction_rate_limit_burst: int = _setting(30, "Corrections an anonymous client may send at once.")
+    max_pending_corrections: int = _setting(
+        100_000, "Anonymous corrections allowed to wait for review; beyond that new ones get 503 (spam guard)."
     )
     log_level: str = _setting("info", "Logging level: debug, info, warning or error.")
     access_log: bool = _setting(
@@ -107,7 +185,15 @@ class Settings:
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
             raise ValueError("port must be between 0 and 65535")
-        for name in ("connect_timeout", "read_timeout", "total_timeout", "url_cache_ttl"):
+        for name in (
+            "connect_timeout",
+            "read_timeout",
+            "total_timeout",
+            "url_cache_ttl",
+            "redis_timeout",
+            "redis_lock_seconds",
+            "redis_retry_seconds",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
         for name in (
@@ -121,16 +207,47 @@ class Settings:
             "batch_size",
             "max_queued_images",
             "executor_threads",
+            "max_pending_corrections",
+            "max_page_bytes",
+            "max_images_per_page",
+            "page_concurrency",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("inference_threads", "max_redirects", "rate_limit_per_minute", "cache_max_age"):
+        for name in (
+            "inference_threads",
+            "max_redirects",
+            "rate_limit_per_minute",
+            "cache_max_age",
+            "correction_rate_limit_per_minute",
+            "page_deadline_ms",
+            "max_background_images",
+            "page_cache_max_age",
+            "page_render_cache_bytes",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.batch_wait_ms < 0:
             raise ValueError("batch_wait_ms must not be negative")
         if self.rate_limit_per_minute and self.rate_limit_burst < 1:
             raise ValueError("rate_limit_burst must be at least 1 when rate limiting is on")
+        if self.correction_rate_limit_per_minute and self.correction_rate_limit_burst < 1:
+            raise ValueError("correction_rate_limit_burst must be at least 1 when corrections are rate limited")
+        if self.redis_url and self.redis_url.partition("://")[0] not in ("redis", "rediss", "unix"):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        try:
+            parse_database_url(self.database_url)
+        except ValueError as error:
+            raise ValueError(f"database_url: {error}") from None
+        try:
+            TokenRegistry(self.api_tokens)
+        except ValueError as error:
+            raise ValueError(f"api_tokens: {error}") from None
+        for name in ("invert_class", "invert_not_class"):
+            if not _CSS_CLASS.fullmatch(getattr(self, name)):
+                raise ValueError(f"{name} must be a CSS class name (letters, digits, - and _)")
+        if self.invert_class == self.invert_not_class:
+            raise ValueError("invert_class and invert_not_class must differ")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be debug, info, warning or error")
         try:
@@ -147,6 +264,7 @@ class Settings:
             read_timeout=self.read_timeout,
             total_timeout=self.total_timeout,
             max_image_bytes=self.max_image_bytes,
+            max_page_bytes=self.max_page_bytes,
         )
 
     # -- building -----------------------------------------------------------------------------------
@@ -170,6 +288,8 @@ class Settings:
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from parsed flags (see `add_arguments`); flags not given fall back to the environment."""
         given = {spec.name: getattr(args, spec.name) for spec in setting_specs() if hasattr(args, spec.name)}
+        # Repeated list flags (--api-token A --api-token B) arrive as lists.
+        given = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
         return cls.from_env(environ, **given)
 
 
@@ -183,6 +303,7 @@ class SettingSpec:
     optional: bool
     default: Any
     help: str
+    aliases: tuple[str, ...] = ()  # more flags for the same field, e.g. the singular --api-token
 
     @property
     def flag(self) -> str:
@@ -238,7 +359,8 @@ def setting_specs() -> list[SettingSpec]:
     specs = []
     for item in dataclasses.fields(Settings):
         kind, optional = _field_kind(hints[item.name])
-        specs.append(SettingSpec(item.name, kind, optional, item.default, item.metadata["help"]))
+        aliases = tuple(item.metadata.get("aliases", ()))
+        specs.append(SettingSpec(item.name, kind, optional, item.default, item.metadata["help"], aliases))
     return specs
 
 
@@ -257,8 +379,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(
                 spec.flag,
+                *spec.aliases,
                 dest=spec.name,
                 type=spec.parse,
+                # Lists accumulate over repeated flags (each may itself be comma-separated).
+                action="extend" if spec.kind is tuple else "store",
                 default=argparse.SUPPRESS,
                 metavar=spec.name.upper(),
                 help=help_text,
@@ -271,5 +396,6 @@ def settings_markdown_table() -> str:
     for spec in setting_specs():
         meaning = spec.help.replace("|", "\\|")
         flag = f"`{spec.flag}` / `--no-{spec.flag[2:]}`" if spec.kind is bool else f"`{spec.flag}`"
+        flag += "".join(f" / `{alias}`" for alias in spec.aliases)
         lines.append(f"| {flag} | `{spec.env}` | `{spec.shown_default()}` | {meaning} |")
     return "\n".join(lines) + "\n"

@@ -3,7 +3,12 @@
     URL --(url cache, TTL)--> sha256 --(verdict cache, LRU)--> verdict
      \\--miss: single-flight fetch --> bytes --> sha256 --miss: single-flight classify --> batcher --> executor
 
-* Cache keys carry the model version, so a new model never serves an old model's answers.
+* Cache keys carry the model version, so a new model never serves an old model's answers; a model reload
+  (`replace_classifier`) swaps the classifier atomically and drops the old model's entries.
+* Corrections come first: an image with a label (`CorrectedLabels`) gets that answer, `source: "correction"`,
+  whatever the model or the caches say.
+* With a shared cache (`proxy.shared_cache`, Redis), misses here ask the other instances before fetching or
+  classifying, and an image is classified by one instance at a time across all of them.
 * The same image behind many URLs is classified once: the second URL's fetch finds its sha256 cached.
 * One fetch per URL and one classification per image at a time, however many requests ask at once.
 * `Batcher` gathers images from concurrent requests into one `classify_bytes` call (up to `batch_size`, or
@@ -20,10 +25,11 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from cachetools import LRUCache, TTLCache
 
@@ -32,6 +38,7 @@ from classifier.verdict import ImageClassifier, Verdict
 from proxy.errors import ApiError
 from proxy.fetch import FetchPolicy, SafeFetcher, check_url
 from proxy.metrics import Metrics
+from proxy.shared_cache import SharedCache
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,8 @@ V = TypeVar("V")
 # Hashing a few MB takes milliseconds; beyond this size it runs in a worker thread (hashlib drops the GIL).
 _HASH_INLINE_BYTES = 256 * 1024
 Result = Verdict | ImageError
+#: Fresh verdicts remembered for the labelling page's "most uncertain" and "audit" queues.
+RECENT_VERDICTS = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,43 @@ class Classified:
     sha256: str
     sha1: str  # for invertornot.com-compatible clients, which know images by SHA-1
     cached: bool  # True when no classification ran for this request
+
+
+class CorrectedLabels(Protocol):
+    """Labels people gave images (the corrections store); consulted before the model, on every answer."""
+
+    def label_of(self, sha256: str) -> bool | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RecentVerdict:
+    """A model answer for an image fetched by URL (so a person can look at it again)."""
+
+    sha256: str
+    url: str
+    p_invert: float
+    model: str
+
+
+class SwappableClassifier:
+    """The serving classifier, replaceable while requests run: every call goes to the current one.
+
+    A batch already running finishes on the model it started with; its verdicts carry that model's version.
+    """
+
+    def __init__(self, current: ImageClassifier) -> None:
+        self.current = current
+
+    @property
+    def version(self) -> str:
+        return self.current.version
+
+    def classify_bytes(self, blobs: Sequence[bytes]) -> list[Verdict | ImageError]:
+        return self.current.classify_bytes(blobs)
+
+    def swap(self, new: ImageClassifier) -> ImageClassifier:
+        old, self.current = self.current, new
+        return old
 
 
 class SingleFlight(Generic[K, V]):
@@ -222,21 +268,61 @@ class VerdictService:
         policy: FetchPolicy,
         caches: VerdictCaches,
         metrics: Metrics,
+        *,
+        corrections: CorrectedLabels | None = None,
+        shared: SharedCache | None = None,
     ) -> None:
-        self.classifier = classifier
+        # The batcher must hold this same object, so a reload reaches it too.
+        self.classifier = classifier if isinstance(classifier, SwappableClassifier) else SwappableClassifier(classifier)
         self._policy = policy
-        self.model = classifier.version
+        self._corrections = corrections
+        self.recent: deque[RecentVerdict] = deque(maxlen=RECENT_VERDICTS)
         self._batcher = batcher
         self._fetcher = fetcher
         self.caches = caches
         self._metrics = metrics
-        self._url_flights: SingleFlight[str, Classified] = SingleFlight()
-        self._image_flights: SingleFlight[str, Result] = SingleFlight()
+        self._url_flights: SingleFlight[tuple[str, str], Classified] = SingleFlight()
+        self._image_flights: SingleFlight[tuple[str, str], tuple[Result, bool]] = SingleFlight()
+        # Other instances' caches (Redis), behind ours; the do-nothing variant when there is none.
+        self._shared = shared if shared is not None else SharedCache()
+
+    @property
+    def model(self) -> str:
+        """The version of the model answering now."""
+        return self.classifier.version
 
     @property
     def queued(self) -> int:
         """Images waiting for the classifier."""
         return self._batcher.queued
+
+    def replace_classifier(self, new: ImageClassifier) -> ImageClassifier:
+        """Answer with `new` from now on; returns the old classifier. The old model's cache entries are
+        dropped (their keys could never match again) so they neither linger nor get served."""
+        old = self.classifier.swap(new)
+        if new.version != old.version:
+            self.caches.verdicts.clear()
+            self.caches.urls.clear()
+            self._shared.announce_model(new.version)
+        return old
+
+    def corrected(self, sha256: str) -> Verdict | None:
+        """The answer a person gave for this image, if any."""
+        label = None if self._corrections is None else self._corrections.label_of(sha256)
+        if label is None:
+            return None
+        p_invert = 1.0 if label else 0.0
+        return Verdict(label, p_invert, 1.0, sha256, self.model, source="correction")
+
+    def invalidate(self, sha256: str) -> None:
+        """A label changed: the cached answer for this image must not be served (the SHA-1 is kept)."""
+        entry = self.caches.verdicts.get((self.model, sha256))
+        corrected = self.corrected(sha256)
+        if entry is not None:
+            if corrected is None:
+                del self.caches.verdicts[(self.model, sha256)]
+            else:
+                self.caches.verdicts[(self.model, sha256)] = (corrected, entry[1])
 
     # -- lookups that never do work ------------------------------------------------------------------
 
@@ -251,11 +337,27 @@ class VerdictService:
 
     def cached_image(self, sha256: str) -> Classified | None:
         entry = self.caches.verdicts.get((self.model, sha256))
+        corrected = self.corrected(sha256)
+        if corrected is not None:  # known without classifying; the SHA-1 only if the image was seen
+            return Classified(corrected, sha256, entry[1] if entry is not None else "", cached=True)
         if entry is None:
             self._metrics.cache_misses.inc("verdict")
             return None
         self._metrics.cache_hits.inc("verdict")
         return Classified(entry[0], sha256, entry[1], cached=True)
+
+    async def lookup_image(self, sha256: str) -> Classified | None:
+        """Like `cached_image`, but also finds what other instances classified (the shared cache)."""
+        hit = self.cached_image(sha256)
+        if hit is not None or not self._shared.available:
+            return hit
+        found = await self._shared.verdict(self.model, sha256)
+        if found is None:
+            return None
+        verdict, sha1 = found
+        self.caches.verdicts[(verdict.model, sha256)] = (verdict, sha1)
+        self.caches.sha1s[sha1] = sha256
+        return self.cached_image(sha256)
 
     def cached_sha1(self, sha1: str) -> Classified | None:
         sha256 = self.caches.sha1s.get(sha1.lower())
@@ -273,18 +375,31 @@ class VerdictService:
             hit = self.cached_url(key)
             if hit is not None:
                 return hit
-        classified = await self._url_flights.do(key, lambda: self._fetch_and_classify(key))
+        # Keyed by model too: a request arriving after a reload never joins a flight of the old model.
+        classified = await self._url_flights.do((self.model, key), lambda: self._fetch_and_classify(key))
         self.caches.urls[(self.model, url)] = self.caches.urls[(self.model, key)] = classified.sha256
+        result = classified.result
+        if not classified.cached and isinstance(result, Verdict) and result.source == "model":
+            self.recent.append(RecentVerdict(classified.sha256, key, result.p_invert, result.model))
         return classified
 
     async def _fetch_and_classify(self, url: str) -> Classified:
+        # Another instance may have fetched this URL and classified its image: then nothing is fetched.
+        known = await self._shared.image_for_url(url)
+        if known is not None:
+            hit = await self.lookup_image(known)
+            if hit is not None:
+                return hit
         self._metrics.fetches.inc()
         try:
             fetched = await self._fetcher.fetch_image(url)
         except ApiError as error:
             self._metrics.fetch_errors.inc(error.code)
             raise
-        return await self.classify_bytes(fetched.body)
+        classified = await self.classify_bytes(fetched.body)
+        if classified.sha256 != known:
+            await self._shared.remember_url(url, classified.sha256)
+        return classified
 
     async def classify_bytes(self, data: bytes) -> Classified:
         """Classify encoded image bytes (the result may be an ImageError; the caller decides how to report it)."""
@@ -292,10 +407,20 @@ class VerdictService:
             sha256, sha1 = digest(data)
         else:
             sha256, sha1 = await asyncio.to_thread(digest, data)
+        corrected = self.corrected(sha256)
+        if corrected is not None:
+            self.caches.sha1s[sha1] = sha256
+            return Classified(corrected, sha256, sha1, cached=True)
         hit = self.cached_image(sha256)
         if hit is not None:
             return hit
-        result = await self._image_flights.do(sha256, lambda: self._batcher.classify(data))
-        self.caches.verdicts[(self.model, sha256)] = (result, sha1)
+        model = self.model
+        # One classification per image at a time here, and (with a shared cache) across instances.
+        result, fresh = await self._image_flights.do(
+            (model, sha256),
+            lambda: self._shared.classify_once(model, sha256, sha1, lambda: self._batcher.classify(data)),
+        )
+        # Keyed by the model that answered: a reload during the batch must not file an old answer as new.
+        self.caches.verdicts[(result.model if isinstance(result, Verdict) else model, sha256)] = (result, sha1)
         self.caches.sha1s[sha1] = sha256
-        return Classified(result, sha256, sha1, cached=False)
+        return Classified(result, sha256, sha1, cached=not fresh)

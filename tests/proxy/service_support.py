@@ -66,6 +66,8 @@ def settings(**overrides: Any) -> Settings:
         "read_timeout": 1.0,
         "total_timeout": 1.5,
         "batch_wait_ms": 2.0,
+        # In memory: tests must not leave ./invertornot.db and ./invertornot-images/ behind.
+        "database_url": "sqlite://",
     }
     values.update(overrides)
     return Settings(**values)

@@ -126,9 +126,7 @@ def test_numeric_ipv4_forms_parse_like_inet_aton(host: str, expected: str) -> No
         assert socket.inet_ntoa(socket.inet_aton(host.removesuffix("."))) == expected
 
 
-@pytest.mark.parametrize(
-    "host", ["example.com", "0x7f.example", "1.2.3.com", "localhost", "xn--bcher-kva.de"]
-)
+@pytest.mark.parametrize("host", ["example.com", "0x7f.example", "1.2.3.com", "localhost", "xn--bcher-kva.de"])
 def test_names_are_not_numeric(host: str) -> None:
     assert parse_numeric_ipv4(host) is None
 

@@ -20,7 +20,6 @@ from aiohttp.test_utils import TestClient
 from classifier.heuristic import SaturationHeuristic
 from classifier.verdict import ImageClassifier
 from proxy.app import create_app
-from proxy.appkeys import CORRECTIONS
 from tests.proxy.service_support import DIAGRAM, PHOTO, Upstream, image_bytes, running_upstream, settings
 
 Client = TestClient[web.Request, web.Application]
@@ -100,21 +99,6 @@ async def test_api_file_and_sha1_lookups(aiohttp_client: Any) -> None:
         assert_compat_shape(item)
     assert [item["invert"] for item in looked_up] == [0, -1, 1]
     assert looked_up[0]["sha1"] == hashes[0]
-
-
-@pytest.mark.asyncio
-async def test_api_correction_accepts_and_records_reports(aiohttp_client: Any, upstream: Upstream) -> None:
-    app = create_app(settings(), classifier=SaturationHeuristic())
-    client: Client = await aiohttp_client(app)
-    seen = upstream.url(f"/img/{DIAGRAM}")
-    await client.post("/api/url", json=[seen])
-    response = await client.post("/api/correction", json=[seen, "https://example.com/never-seen.png"])
-    assert response.status == 200
-    assert await response.json() is None
-    first, second = app[CORRECTIONS].pending()
-    assert (first.url, first.reported_invert, first.suggested_invert) == (seen, True, False)
-    assert first.sha256 == hashlib.sha256(image_bytes(DIAGRAM)).hexdigest() and first.client == "127.0.0.1"
-    assert (second.sha256, second.reported_invert, second.suggested_invert) == (None, None, None)
 
 
 @pytest.mark.asyncio

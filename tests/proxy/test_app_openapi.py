@@ -77,7 +77,13 @@ class TestNetResolver(AbstractResolver):
 def live_server() -> Iterator[str]:
     """The production address policy, in a thread of its own: schemathesis calls it synchronously."""
     settings = Settings(
-        port=0, connect_timeout=0.3, read_timeout=0.3, total_timeout=0.5, rate_limit_per_minute=0, batch_wait_ms=1
+        port=0,
+        connect_timeout=0.3,
+        read_timeout=0.3,
+        total_timeout=0.5,
+        rate_limit_per_minute=0,
+        batch_wait_ms=1,
+        database_url="sqlite://",
     )
     ready = threading.Event()
     stop: dict[str, Any] = {}

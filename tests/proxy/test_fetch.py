@@ -41,9 +41,7 @@ HTML = b"<!doctype html><html><head><title>t</title></head><body><p>hello</p></b
 # Private networks allowed: the upstreams below live on 127.0.0.1.
 OPEN = FetchPolicy(allow_private_networks=True, connect_timeout=1, read_timeout=1, total_timeout=2)
 # The production rule, with only the test upstream's exact address let through.
-ONLY_UPSTREAM = FetchPolicy(
-    allowed_networks=("127.0.0.1/32",), connect_timeout=1, read_timeout=1, total_timeout=2
-)
+ONLY_UPSTREAM = FetchPolicy(allowed_networks=("127.0.0.1/32",), connect_timeout=1, read_timeout=1, total_timeout=2)
 STRICT = FetchPolicy()
 
 Fetchers = Callable[..., Awaitable[SafeFetcher]]
@@ -67,15 +65,11 @@ def _upstream_app() -> web.Application:
 
     async def served_as(request: web.Request) -> web.Response:
         bodies = {"png": PNG, "jpeg": JPEG, "svg": SVG, "html": HTML}
-        return web.Response(
-            body=bodies[request.match_info["kind"]], headers={"Content-Type": request.query["ct"]}
-        )
+        return web.Response(body=bodies[request.match_info["kind"]], headers={"Content-Type": request.query["ct"]})
 
     async def gzipped(request: web.Request) -> web.Response:
         raw = {"png": PNG, "zeros": bytes(int(request.query.get("n", "0")))}[request.match_info["kind"]]
-        return web.Response(
-            body=gzip.compress(raw), headers={"Content-Type": "image/png", "Content-Encoding": "gzip"}
-        )
+        return web.Response(body=gzip.compress(raw), headers={"Content-Type": "image/png", "Content-Encoding": "gzip"})
 
     async def stream(request: web.Request) -> web.StreamResponse:
         # Chunked transfer: no Content-Length to trust or distrust.
@@ -294,9 +288,7 @@ def test_check_url_refuses_private_hosts_in_every_spelling(url: str) -> None:
     assert caught.value.status == 403
 
 
-@pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:8080/", "http://[::1]/", "http://localhost/", "http://10.0.0.1/"]
-)
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/", "http://[::1]/", "http://localhost/", "http://10.0.0.1/"])
 def test_allow_private_networks_allows_them(url: str) -> None:
     assert check_url(url, OPEN).port is not None
 
@@ -479,9 +471,7 @@ async def test_private_targets_refused_by_default(upstream: URL, fetchers: Fetch
 
 
 @pytest.mark.asyncio
-async def test_dns_names_resolving_inward_are_refused_by_the_resolver(
-    upstream: URL, fetchers: Fetchers
-) -> None:
+async def test_dns_names_resolving_inward_are_refused_by_the_resolver(upstream: URL, fetchers: Fetchers) -> None:
     # check_url cannot know where these names point: only the connector's resolver can refuse them.
     dns = StaticResolver({"evil.test": ["127.0.0.1"], "metadata.test": ["169.254.169.254", "fd00::1"]})
     fetcher = await fetchers(STRICT, dns)
@@ -523,9 +513,7 @@ async def test_dns_rebinding_is_checked_on_every_connection(upstream: URL, fetch
         "http://169.254.169.254/latest/meta-data/",
     ],
 )
-async def test_redirect_into_the_private_network_is_refused(
-    upstream: URL, fetchers: Fetchers, target: str
-) -> None:
+async def test_redirect_into_the_private_network_is_refused(upstream: URL, fetchers: Fetchers, target: str) -> None:
     fetcher = await fetchers(ONLY_UPSTREAM, StaticResolver({"inside.test": ["10.0.0.1"]}))
     assert (await fetcher.fetch_image(str(upstream / "image.png"))).body == PNG  # the first hop is fine
     hop = (upstream / "redirect").with_query(to=target.format(port=upstream.port))
@@ -539,9 +527,7 @@ async def test_redirect_into_the_private_network_is_refused(
 @pytest.mark.asyncio
 async def test_relative_redirects_are_followed(upstream: URL, fetchers: Fetchers) -> None:
     fetcher = await fetchers()
-    result = await fetcher.fetch_image(
-        str(upstream / "chain/3")
-    )  # /chain/3 -> 2/x -> 1/x -> 0/x -> ../image.png
+    result = await fetcher.fetch_image(str(upstream / "chain/3"))  # /chain/3 -> 2/x -> 1/x -> 0/x -> ../image.png
     assert result.body == PNG
     assert result.url == str(upstream / "image.png")
     for status in ("303", "307", "308"):
@@ -566,12 +552,8 @@ async def test_redirect_loops(upstream: URL, fetchers: Fetchers) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(
-    "location", [None, "ftp://example.com/a.png", "javascript:alert(1)", "http://u:p@x.test/"]
-)
-async def test_bad_redirects_are_upstream_errors(
-    upstream: URL, fetchers: Fetchers, location: str | None
-) -> None:
+@pytest.mark.parametrize("location", [None, "ftp://example.com/a.png", "javascript:alert(1)", "http://u:p@x.test/"])
+async def test_bad_redirects_are_upstream_errors(upstream: URL, fetchers: Fetchers, location: str | None) -> None:
     fetcher = await fetchers()
     hop = upstream / "redirect" if location is None else (upstream / "redirect").with_query(to=location)
     err = await _fails(fetcher.fetch_image(str(hop)), UpstreamError, "bad_redirect")
@@ -604,9 +586,7 @@ async def test_upstream_statuses(
 @pytest.mark.asyncio
 async def test_connection_reset_mid_body(fetchers: Fetchers) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n" + PNG[:1000]
-        )
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n" + PNG[:1000])
         await writer.drain()
         await asyncio.sleep(0.05)
         sock = writer.get_extra_info("socket")
@@ -690,14 +670,10 @@ async def test_slowloris_upstream_hits_the_total_timeout(fetchers: Fetchers) -> 
             await writer.drain()
             await asyncio.sleep(0.02)
 
-    policy = FetchPolicy(
-        allow_private_networks=True, connect_timeout=0.5, read_timeout=0.3, total_timeout=0.6
-    )
+    policy = FetchPolicy(allow_private_networks=True, connect_timeout=0.5, read_timeout=0.3, total_timeout=0.6)
     async with raw_upstream(handler) as url:
         started = time.monotonic()
-        err = await _fails(
-            (await fetchers(policy)).fetch_image(str(url / "x")), UpstreamTimeout, "upstream_timeout"
-        )
+        err = await _fails((await fetchers(policy)).fetch_image(str(url / "x")), UpstreamTimeout, "upstream_timeout")
         elapsed = time.monotonic() - started
     assert err.status == 504
     assert 0.5 < elapsed < 2.0  # the 0.6 s deadline, with slack for a busy machine
@@ -718,9 +694,7 @@ async def test_silent_upstream_hits_the_read_timeout(fetchers: Fetchers) -> None
 @pytest.mark.asyncio
 async def test_one_deadline_spans_all_redirects(upstream: URL, fetchers: Fetchers) -> None:
     # Each hop takes 0.25 s, well inside every per-request limit; five of them are not inside the deadline.
-    policy = FetchPolicy(
-        allow_private_networks=True, connect_timeout=0.5, read_timeout=0.5, total_timeout=0.6
-    )
+    policy = FetchPolicy(allow_private_networks=True, connect_timeout=0.5, read_timeout=0.5, total_timeout=0.6)
     fetcher = await fetchers(policy)
     assert (await fetcher.fetch_image(str(upstream / "slow/0"))).body == PNG
     started = time.monotonic()
