@@ -208,3 +208,14 @@ def test_api_tokens_from_repeated_flags_and_the_environment() -> None:
         Settings(api_tokens=("tooshort",))
     with pytest.raises(ValueError, match="database_url"):
         Settings(database_url="mysql://db/corrections")
+
+
+def test_postgresql_urls_select_the_postgres_store(tmp_path: Path) -> None:
+    from proxy.corrections import create_store
+    from proxy.corrections_postgres import PostgresCorrectionStore
+
+    url = "postgresql://invertornot@127.0.0.1:5432/corrections"
+    store = create_store(url, images_dir=tmp_path / "images")
+    assert isinstance(store, PostgresCorrectionStore) and store.url == url
+    assert Settings(database_url=url).database_url == url
+    assert isinstance(create_store("sqlite://"), SqliteCorrectionStore)

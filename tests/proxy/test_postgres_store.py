@@ -8,6 +8,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -260,3 +261,39 @@ async def eventually(check: Callable[[], bool], *, within: float = 5.0) -> None:
     while not check():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
+
+
+@pytest.mark.asyncio
+async def test_the_server_keeps_corrections_in_postgresql(
+    aiohttp_client: Any, postgres_database: str, tmp_path: Path
+) -> None:
+    """`invertornot serve --database-url postgresql://...` end to end: a token correction overrides the
+    model at once, and a restarted server on the same database still honours it."""
+    from classifier.heuristic import SaturationHeuristic
+    from proxy.app import create_app
+    from tests.proxy.service_support import DIAGRAM, running_upstream, settings
+
+    secret = "s3cret-token-for-tests-0002"
+    values = {
+        "database_url": postgres_database,
+        "api_tokens": (f"alice:{secret}",),
+        "correction_images_dir": tmp_path / "images",
+    }
+    async with running_upstream() as upstream:
+        url = upstream.url(f"/img/{DIAGRAM}")
+        first = await aiohttp_client(create_app(settings(**values), classifier=SaturationHeuristic()))
+        before = await (await first.get("/api/v1/classify", params={"url": url})).json()
+        response = await first.post(
+            "/api/v1/corrections",
+            json={"url": url, "invert": not before["invert"]},
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        assert response.status == 202, await response.text()
+        assert (await response.json())["status"] == "accepted"
+        after = await (await first.get("/api/v1/classify", params={"url": url})).json()
+        assert (after["invert"], after["source"]) == (not before["invert"], "correction")
+        await first.close()
+
+        restarted = await aiohttp_client(create_app(settings(**values), classifier=SaturationHeuristic()))
+        again = await (await restarted.get(f"/api/v1/verdicts/{before['sha256']}")).json()
+        assert (again["invert"], again["source"]) == (not before["invert"], "correction")
