@@ -103,16 +103,6 @@ def composite(rgba: FloatArray, background: tuple[int, int, int]) -> FloatArray:
     return rgba[..., :3] * alpha + bg * (1.0 - alpha)
 
 
-def css_invert(rgb: FloatArray) -> FloatArray:
-    """Approximate `grayscale(50%) invert(100%) brightness(95%) hue-rotate(180deg)`.
-
-    The hue rotation roughly undoes the hue flip of invert(), so lightness is what matters here.
-    """
-    luma = _luma(rgb)
-    grey_half = 0.5 * rgb + 0.5 * luma[..., None]
-    return ((1.0 - grey_half) * 0.95).astype(np.float32)
-
-
 def _luma(rgb: FloatArray) -> FloatArray:
     return 0.2126 * rgb[..., 0] + 0.7152 * rgb[..., 1] + 0.0722 * rgb[..., 2]
 

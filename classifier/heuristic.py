@@ -25,10 +25,6 @@ def saturation_p_invert(image: Image.Image) -> float:
     return max(0.0, min(1.0, 1.0 - saturation / (2.0 * SATURATION_THRESHOLD)))
 
 
-def saturation_says_invert(image: Image.Image) -> bool:
-    return saturation_p_invert(image) >= 0.5
-
-
 class SaturationHeuristic:
     """An `ImageClassifier` with no model at all (for comparisons and as a fallback)."""
 

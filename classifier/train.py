@@ -179,12 +179,6 @@ def out_of_fold_probe_scores(table: FeatureTable) -> NDArray[np.float32]:
     return scores[:, 1].astype(np.float32)
 
 
-def fit_forest_rows(table: FeatureTable) -> tuple[NDArray[np.float32], LinearProbe]:
-    """The forest's training rows (real images only), and the probe to use at inference time."""
-    rows, _, probe = fit_training_rows(table)
-    return rows, probe
-
-
 def fit_training_rows(
     table: FeatureTable, extra: FeatureTable | None = None
 ) -> tuple[NDArray[np.float32], NDArray[np.int64], LinearProbe]:

@@ -166,6 +166,12 @@ class PendingImage:
 # -- errors --------------------------------------------------------------------------------------------
 
 
+def pending_image(sha256: str, rows: Sequence[Sequence[Any]], first: float) -> PendingImage:
+    """One review-queue entry from its pending `(id, invert, url)` rows, newest first (both stores)."""
+    url = next((row[2] for row in rows if row[2]), None)
+    return PendingImage(sha256, [row[0] for row in rows], bool(rows[0][1]), url, first)
+
+
 class UnknownCorrection(NotFound):
     default_code = "unknown_correction"
 
@@ -489,8 +495,7 @@ class SqliteCorrectionStore(CorrectionStore):
                 "SELECT id, invert, url FROM corrections WHERE sha256 = ? AND status = 'pending' ORDER BY id DESC",
                 (sha256,),
             ).fetchall()
-            url = next((row[2] for row in rows if row[2]), None)
-            queue.append(PendingImage(sha256, [row[0] for row in rows], bool(rows[0][1]), url, first))
+            queue.append(pending_image(sha256, rows, first))
         return queue
 
     async def review(self, correction_id: int, *, accept: bool, by: str) -> Correction:

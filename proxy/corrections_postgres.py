@@ -40,6 +40,7 @@ from proxy.corrections import (
     Status,
     StoreError,
     UnknownCorrection,
+    pending_image,
 )
 from proxy.errors import ApiError
 from proxy.image_store import ImageStore
@@ -366,8 +367,7 @@ class PostgresCorrectionStore(CorrectionStore):
                         (sha256,),
                     )
                 ).fetchall()
-                url = next((row[2] for row in rows if row[2]), None)
-                queue.append(PendingImage(sha256, [row[0] for row in rows], bool(rows[0][1]), url, first))
+                queue.append(pending_image(sha256, rows, first))
         return queue
 
     async def review(self, correction_id: int, *, accept: bool, by: str) -> Correction:
