@@ -1,4 +1,4 @@
-"""Encoded bytes -> loaded RGBA PIL image, safely and cheaply.
+"""Encoded bytes -> loaded RGB or RGBA PIL image, safely and cheaply.
 
 Untrusted bytes from the web go through here, so the order of operations matters:
 
@@ -178,7 +178,11 @@ def _sniff_pillow(head: bytes) -> str | None:
 def decode_image(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = DEFAULT_MAX_SIDE
 ) -> Image.Image:
-    """Decode untrusted image bytes into a loaded, detached, mode-"RGBA" image.
+    """Decode untrusted image bytes into a loaded, detached image: mode "RGBA" when the image has
+    transparency data (alpha band, tRNS, transparent GIF colour), "RGB" when it is opaque.
+
+    Opaque images stay RGB because every later step is cheaper without an alpha band that is 255
+    everywhere (and gives exactly the values it would with one).
 
     The longer side is at most `max_side` (None keeps the full size); the aspect ratio is kept.
     The first frame of animations is used, EXIF orientation is applied, metadata is dropped.
@@ -197,7 +201,7 @@ def decode_image(
     try:
         orientation = _orientation(image)
         rgba = _downscale(_normalise_mode(image), max_side)
-        if rgba is image:  # already RGBA at the right size: detach it from the file object
+        if rgba is image:  # already RGB(A) at the right size: detach it from the file object
             rgba = image.copy()
     finally:
         image.close()
@@ -369,12 +373,14 @@ def _fit(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
 
 
 def _downscale(image: Image.Image, max_side: int | None) -> Image.Image:
+    """Shrunk to `max_side`, in "RGBA" if it has transparency data and "RGB" otherwise."""
     target = _fit(image.size, max_side)
     if target == image.size:
-        return image if image.mode == "RGBA" else image.convert("RGBA")
+        return image if image.mode in ("RGB", "RGBA") else image.convert("RGBA" if image.mode == "LA" else "RGB")
     premultiplied = _PREMULTIPLIED.get(image.mode)
     if premultiplied is None:
-        return image.resize(target, _RESAMPLE, reducing_gap=_REDUCING_GAP).convert("RGBA")
+        small = image.resize(target, _RESAMPLE, reducing_gap=_REDUCING_GAP)
+        return small if small.mode == "RGB" else small.convert("RGB")
     # Premultiplied: the (arbitrary, often black or white) colour of fully transparent pixels
     # must not bleed into the visible edge next to them.
     small = image.convert(premultiplied).resize(target, _RESAMPLE, reducing_gap=_REDUCING_GAP)

@@ -86,14 +86,28 @@ FloatArray = NDArray[np.float32]
 
 def thumbnail_rgba(image: Image.Image, side: int = THUMBNAIL_SIDE) -> NDArray[np.float32]:
     """The image as a float RGBA array in [0, 1], longer side at most `side` pixels."""
-    if image.mode != "RGBA":
-        image = image.convert("RGBA")
+    return thumbnail_bytes(image, side).astype(np.float32) / 255.0
+
+
+def thumbnail_bytes(image: Image.Image, side: int = THUMBNAIL_SIDE) -> NDArray[np.uint8]:
+    """The image as a uint8 RGBA array, longer side at most `side` pixels."""
+    opaque = image.mode in ("RGB", "L")
+    if image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGB" if opaque else "RGBA")
     if max(image.size) > side:
         scale = side / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        # Premultiplied resize so transparent pixels' colours do not bleed into visible edges.
-        image = image.convert("RGBa").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0).convert("RGBA")
-    return np.asarray(image, dtype=np.float32) / 255.0
+        if opaque:
+            image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        else:
+            # Premultiplied resize so transparent pixels' colours do not bleed into visible edges.
+            image = image.convert("RGBa").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0).convert("RGBA")
+    if opaque:  # what an RGBA copy would give, without converting the image: alpha 255 everywhere
+        pixels = np.empty((image.height, image.width, 4), dtype=np.uint8)
+        pixels[..., :3] = np.asarray(image)
+        pixels[..., 3] = 255
+        return pixels
+    return np.asarray(image)
 
 
 def composite(rgba: FloatArray, background: tuple[int, int, int]) -> FloatArray:
@@ -140,6 +154,8 @@ class _Planes:
     lightness: FloatArray
     codes: NDArray[np.int32]  # quantised colour, 16 levels per channel
     counts: NDArray[np.intp]  # histogram of `codes`
+    step_x: FloatArray  # |lightness change| to the right neighbour, (h, w - 1)
+    step_y: FloatArray  # |lightness change| to the neighbour below, (h - 1, w)
 
 
 def _background_statistics(rgb: FloatArray) -> tuple[list[float], _Planes]:
@@ -159,11 +175,11 @@ def _background_statistics(rgb: FloatArray) -> tuple[list[float], _Planes]:
     counts = np.bincount(codes.reshape(-1), minlength=4096)
     distinct = int(np.count_nonzero(counts))
 
-    edges = np.concatenate(
-        [np.abs(np.diff(lightness, axis=1)).reshape(-1), np.abs(np.diff(lightness, axis=0)).reshape(-1)]
-    )
-    if edges.size == 0:
-        edges = np.zeros(1, dtype=np.float32)
+    step_x = np.abs(np.diff(lightness, axis=1))
+    step_y = np.abs(np.diff(lightness, axis=0))
+    n_steps = step_x.size + step_y.size
+    edge_density = (np.count_nonzero(step_x > 0.25) + np.count_nonzero(step_y > 0.25)) / max(n_steps, 1)
+    edge_strength = (float(step_x.sum()) + float(step_y.sum())) / max(n_steps, 1)
 
     border = _border(lightness)
     # The CSS-inverted image's lightness follows from lightness and luma already at hand: invert() flips
@@ -182,13 +198,13 @@ def _background_statistics(rgb: FloatArray) -> tuple[list[float], _Planes]:
         min(colourfulness, 1.0),
         float(counts.max() / size),
         float(np.log2(distinct) / 12.0),
-        float(np.count_nonzero(edges > 0.25) / edges.size),
-        float(edges.mean()),
+        float(edge_density),
+        edge_strength,
         float(border.mean()),
         float(border.std()),
         float(inverted_lightness.mean()),
         *histogram.tolist(),
-    ], _Planes(rgb, saturation, lightness, codes, counts)
+    ], _Planes(rgb, saturation, lightness, codes, counts, step_x, step_y)
 
 
 #: Colours within this distance (max over channels) of the background colour count as background.
@@ -233,8 +249,8 @@ def _layout_statistics(shown: _Planes, white: _Planes) -> list[float]:
     height, width = lightness.shape
     flat, texture, axis_aligned = 1.0, 0.0, 0.0
     if height >= 2 and width >= 2:
-        step_x = np.abs(np.diff(lightness, axis=1))[:-1, :]
-        step_y = np.abs(np.diff(lightness, axis=0))[:, :-1]
+        step_x = shown.step_x[:-1, :]
+        step_y = shown.step_y[:, :-1]
         step = step_x + step_y
         flat = float(np.count_nonzero(step < _FLAT_STEP) / step.size)
         texture = float(np.count_nonzero((step >= _FLAT_STEP) & (step < _TEXTURE_STEP)) / step.size)
@@ -255,7 +271,11 @@ def _layout_statistics(shown: _Planes, white: _Planes) -> list[float]:
     row_transitions = np.count_nonzero(ink_rows[1:] != ink_rows[:-1]) / max(height, 1)
     column_transitions = np.count_nonzero(ink_columns[1:] != ink_columns[:-1]) / max(width, 1)
 
-    _, white_background, white_foreground = _background_split(white)
+    # An opaque image's planes are the same object over both backgrounds: so is its split.
+    if white is shown:
+        white_background, white_foreground = background_lightness, foreground_lightness
+    else:
+        _, white_background, white_foreground = _background_split(white)
     return [
         float(background.mean()),
         background_lightness,
@@ -295,12 +315,15 @@ def _contrast_ratio(luminance: float, page_luminance: float) -> float:
     return (max(luminance, page_luminance) + 0.05) / (min(luminance, page_luminance) + 0.05)
 
 
-def _legibility_statistics(rgba: FloatArray) -> list[float]:
+def _legibility_statistics(rgba_bytes: NDArray[np.uint8], opaque: bool) -> list[float]:
     """`_LEGIBILITY`, in order: how legible the visible pixels are on the dark page and on white."""
-    visible = rgba[..., 3] >= 0.5
-    if not visible.any():
-        return [0.0, 0.0, 0.0, 0.0]
-    luminance = relative_luminance((rgba[visible, :3] * 255.0 + 0.5).astype(np.uint8))
+    if opaque:
+        luminance = relative_luminance(rgba_bytes[..., :3]).reshape(-1)
+    else:
+        visible = rgba_bytes[..., 3] >= 128  # alpha >= 0.5
+        if not visible.any():
+            return [0.0, 0.0, 0.0, 0.0]
+        luminance = relative_luminance(rgba_bytes[visible, :3])
     median = float(np.median(luminance))
     values: list[float] = []
     medians: list[float] = []
@@ -314,31 +337,44 @@ def _legibility_statistics(rgba: FloatArray) -> list[float]:
     return values + medians
 
 
-def colour_features(image: Image.Image, *, side: int = THUMBNAIL_SIDE) -> FloatArray:
-    """The statistics named by `FEATURE_NAMES`, in that order, for one RGBA (or any mode) image."""
-    rgba = thumbnail_rgba(image, side)
+def _alpha_statistics(rgba: FloatArray, opaque_image: bool) -> list[float]:
+    """The first five of `FEATURE_NAMES`: how much is transparent, and what the opaque part is made of."""
+    if opaque_image:  # the values the general case gives for alpha 1 everywhere
+        return [0.0, 0.0, 1.0, 0.0, 0.0]
     alpha = rgba[..., 3]
     opaque = alpha >= 0.5
     luma = _luma(rgba)
     opaque_count = max(int(opaque.sum()), 1)
-    over = {name: composite(rgba, colour) for name, colour in _BACKGROUNDS.items()}
-    values = [
+    return [
         float((alpha < 0.5).mean()),
         float(((alpha > 0.0) & (alpha < 1.0)).mean()),
         float(alpha.mean()),
-        float((opaque & (luma < 0.25)).sum() / opaque_count) if (alpha < 1.0).any() else 0.0,
-        float((opaque & (luma > 0.6)).sum() / opaque_count) if (alpha < 1.0).any() else 0.0,
-        float(np.log(image.width / max(image.height, 1))),
+        float((opaque & (luma < 0.25)).sum() / opaque_count),
+        float((opaque & (luma > 0.6)).sum() / opaque_count),
     ]
+
+
+def colour_features(image: Image.Image, *, side: int = THUMBNAIL_SIDE) -> FloatArray:
+    """The statistics named by `FEATURE_NAMES`, in that order, for one RGBA (or any mode) image."""
+    rgba_bytes = thumbnail_bytes(image, side)
+    rgba = rgba_bytes.astype(np.float32) / 255.0
+    opaque_image = bool(rgba_bytes[..., 3].min() == 255)
+    values = [*_alpha_statistics(rgba, opaque_image), float(np.log(image.width / max(image.height, 1)))]
     histograms: list[float] = []
     planes: dict[str, _Planes] = {}
-    for name in _BACKGROUNDS:
-        statistics, planes[name] = _background_statistics(over[name])
+    shared: tuple[list[float], _Planes] | None = None
+    for name, colour in _BACKGROUNDS.items():
+        if opaque_image:
+            # An opaque image looks the same on any page: compute once (identical values), reuse.
+            shared = shared or _background_statistics(np.ascontiguousarray(rgba[..., :3]))
+            statistics, planes[name] = shared
+        else:
+            statistics, planes[name] = _background_statistics(composite(rgba, colour))
         values.extend(statistics[: len(_PER_BACKGROUND)])
         histograms.extend(statistics[len(_PER_BACKGROUND) :])
     values.extend(histograms)
     values.extend(_layout_statistics(planes["dark"], planes["white"]))
-    values.extend(_legibility_statistics(rgba))
+    values.extend(_legibility_statistics(rgba_bytes, opaque_image))
     features = np.asarray(values, dtype=np.float32)
     if features.shape != (len(FEATURE_NAMES),):  # pragma: no cover - guards edits of the list above
         raise AssertionError(f"{features.shape[0]} feature values for {len(FEATURE_NAMES)} names")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageChops
 
 from classifier.backbones import Backbone, BackboneLoadError, BackboneSpecError, load_backbone
 from classifier.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
@@ -74,9 +74,10 @@ def backbone_input(image: Image.Image, size: int) -> Image.Image:
         return image
     if image.mode != "RGBa":
         image = image.convert("RGBa")
-    pixels = np.asarray(image, dtype=np.uint16)
-    rgb = pixels[..., :3] + (255 - pixels[..., 3:4])
-    return Image.fromarray(np.minimum(rgb, 255).astype(np.uint8), "RGB")
+    red, green, blue, alpha = image.split()
+    uncovered = ImageChops.invert(alpha)  # 255 - alpha: how much white shows through
+    # ImageChops.add saturates at 255, which is the min(..., 255) the formula needs.
+    return Image.merge("RGB", [ImageChops.add(channel, uncovered) for channel in (red, green, blue)])
 
 
 def sha256_hex(data: bytes) -> str:

@@ -117,7 +117,9 @@ def _describe(data: bytes) -> dict[str, str]:
         image = decode_image(data, max_side=None)
     except ImageError:
         return {"had_alpha": "", "alpha_fraction": "0", "width": "", "height": ""}
-    histogram = image.getchannel("A").histogram()  # decode_image always gives RGBA
+    if image.mode != "RGBA":  # decode_image gives RGB for images with no transparency data
+        return {"had_alpha": "0", "alpha_fraction": "0", "width": str(image.width), "height": str(image.height)}
+    histogram = image.getchannel("A").histogram()
     had_alpha = sum(histogram[:255]) > 0
     fraction = sum(histogram[:128]) / (image.width * image.height)
     return {

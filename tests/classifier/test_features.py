@@ -45,3 +45,31 @@ def test_opaque_images_look_the_same_on_both_pages():
     assert feature(values, "transparent_fraction") == 0.0
     assert feature(values, "lightness_mean_white") == feature(values, "lightness_mean_dark")
     assert feature(values, "saturation_mean_white") > 0.2
+
+
+def test_opaque_shortcuts_give_the_values_of_the_general_path():
+    # Opaque images skip the alpha band, the premultiplied resize and the second background pass;
+    # each shortcut must give exactly what the general RGBA path gives.
+    from classifier.features import (
+        _PER_BACKGROUND,
+        DARK_PAGE_RGB,
+        WHITE_RGB,
+        _background_statistics,
+        composite,
+        thumbnail_bytes,
+    )
+
+    rng = np.random.default_rng(2)
+    photo = Image.fromarray(rng.integers(0, 255, size=(150, 230, 3), dtype=np.uint8)).resize((460, 300))
+    shortcut = thumbnail_bytes(photo)
+    general = thumbnail_bytes(photo.convert("RGBA"))  # an RGBA image takes the premultiplied resize
+    assert shortcut.shape == general.shape == (42, 64, 4)
+    assert np.array_equal(shortcut, general)
+
+    values = colour_features(photo)
+    rgba = general.astype(np.float32) / 255.0
+    for name, page in (("white", WHITE_RGB), ("dark", DARK_PAGE_RGB)):
+        expected, _ = _background_statistics(composite(rgba, page))
+        got = [feature(values, f"{stat}_{name}") for stat in _PER_BACKGROUND]
+        np.testing.assert_allclose(got, expected[: len(_PER_BACKGROUND)], rtol=1e-6, atol=1e-7)
+    assert np.array_equal(colour_features(photo.convert("RGBA")), values)
