@@ -384,7 +384,7 @@ def export_onnx(spec: str, path: Path) -> None:
 # --- ONNX Runtime EfficientNet ------------------------------------------------------------------------------
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
     """CPUs this process may run on: in a container os.cpu_count() reports the host's, oversubscribing."""
     try:
         return len(os.sched_getaffinity(0))
@@ -396,7 +396,7 @@ def _session_options(threads: int | None) -> onnxruntime.SessionOptions:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or _usable_cpus()
+    options.intra_op_num_threads = threads or usable_cpus()
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

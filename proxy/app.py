@@ -108,7 +108,7 @@ def _add_routes(app: web.Application) -> None:
 
 async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    executor = ThreadPoolExecutor(max_workers=settings.executor_threads, thread_name_prefix="classify")
+    executor = ThreadPoolExecutor(max_workers=settings.classification_threads(), thread_name_prefix="classify")
     app[EXECUTOR] = executor
     try:
         yield
@@ -136,8 +136,7 @@ def _model_loader(settings: Settings) -> Callable[[], ImageClassifier]:
     def load() -> ImageClassifier:
         from classifier.model import InvertModel  # heavy (ONNX Runtime, scikit-learn): only when serving
 
-        threads = settings.inference_threads or None
-        return InvertModel.load(settings.model, threads=threads, max_pixels=settings.max_pixels)
+        return InvertModel.load(settings.model, threads=settings.onnx_threads(), max_pixels=settings.max_pixels)
 
     return load
 
@@ -162,7 +161,7 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
         app[EXECUTOR],
         batch_size=settings.batch_size,
         batch_wait=settings.batch_wait_ms / 1000,
-        concurrency=settings.executor_threads,
+        concurrency=settings.classification_threads(),
         metrics=metrics,
         max_queued=settings.max_queued_images,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from classifier.backbones import usable_cpus
 from proxy.corrections import parse_database_url
 from proxy.fetch import FetchPolicy
 from proxy.tokens import TokenRegistry
@@ -42,8 +43,8 @@ class Settings:
     )
     inference_threads: int = _setting(
         0,
-        "Threads ONNX Runtime uses inside one batch (0: its default, every core). Lower it to leave cores "
-        "to the event loop on a busy host.",
+        "Threads ONNX Runtime uses inside one batch (0: usable CPU cores divided by the classification "
+        "threads, so 1 with the defaults).",
     )
     allow_private_networks: bool = _setting(
         False,
@@ -78,7 +79,12 @@ class Settings:
     verdict_cache_size: int = _setting(
         100_000, "Image hash -> verdict entries kept in memory; a verdict never goes stale for one model."
     )
-    batch_size: int = _setting(32, "Most images classified in one model call (micro-batching).")
+    batch_size: int = _setting(
+        8,
+        "Most images classified in one model call (micro-batching). Several small single-threaded batches "
+        "in parallel beat one large multi-threaded batch: 203 img/s with 8 images x 2 threads on 2 cores, "
+        "77 img/s with 32 x 1, and less memory.",
+    )
     batch_wait_ms: float = _setting(
         3.0, "Milliseconds to wait for more images before classifying a batch that is not full."
     )
@@ -86,7 +92,7 @@ class Settings:
         2000, "Images allowed to wait for the classifier; beyond that new images get 503 (overloaded)."
     )
     executor_threads: int = _setting(
-        1, "Threads running classification batches; ONNX Runtime already uses every core inside one batch."
+        0, "Threads running classification batches in parallel (0: one per usable CPU core)."
     )
     rate_limit_per_minute: int = _setting(
         600, "Requests per minute each client IP may make to the API (0: no limit); over it answers 429."
@@ -206,7 +212,6 @@ class Settings:
             "verdict_cache_size",
             "batch_size",
             "max_queued_images",
-            "executor_threads",
             "max_pending_corrections",
             "max_page_bytes",
             "max_images_per_page",
@@ -215,6 +220,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in (
+            "executor_threads",
             "inference_threads",
             "max_redirects",
             "rate_limit_per_minute",
@@ -254,6 +260,14 @@ class Settings:
             self.fetch_policy()  # a malformed allowed_networks entry fails at startup, not on the first fetch
         except ValueError as error:
             raise ValueError(f"allowed_networks: {error}") from None
+
+    def classification_threads(self) -> int:
+        """`executor_threads` with 0 resolved: one per CPU core this process may use."""
+        return self.executor_threads or usable_cpus()
+
+    def onnx_threads(self) -> int:
+        """`inference_threads` with 0 resolved: the cores left to each classification thread (at least 1)."""
+        return self.inference_threads or max(1, usable_cpus() // self.classification_threads())
 
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy(

@@ -143,7 +143,8 @@ async def test_concurrent_new_images_are_micro_batched(make_client: MakeClient, 
     assert sum(classifier.batches) == 24
     assert max(classifier.batches) <= 8
     assert len(classifier.batches) <= 12, classifier.batches  # 2+ images per call on average, usually ~4 calls
-    assert classifier.threads == {"classify_0"}  # the app's executor, never the event loop
+    # The app's executor threads (one per core by default), never the event loop's.
+    assert classifier.threads and all(name.startswith("classify_") for name in classifier.threads)
 
 
 @pytest.mark.asyncio

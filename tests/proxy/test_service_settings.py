@@ -101,3 +101,17 @@ def test_readme_documents_every_setting() -> None:
     readme = README.read_text()
     missing = [spec.flag for spec in setting_specs() if spec.flag not in readme or spec.env not in readme]
     assert not missing, f"README.md does not document {missing}; paste settings_markdown_table() into it"
+
+
+def test_thread_settings_resolve_zero_from_the_usable_cores() -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    auto = Settings()
+    assert (auto.classification_threads(), auto.onnx_threads()) == (cores, 1)
+    one = Settings(executor_threads=1)
+    assert (one.classification_threads(), one.onnx_threads()) == (1, cores)
+    pinned = Settings(executor_threads=3, inference_threads=2)
+    assert (pinned.classification_threads(), pinned.onnx_threads()) == (3, 2)
+    with pytest.raises(ValueError, match="executor_threads"):
+        Settings(executor_threads=-1)
