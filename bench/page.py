@@ -8,7 +8,8 @@ images at those paths, so nothing outside this machine is contacted (checked bef
 1. the references: fetching the page straight from the upstream (the proxy's own upstream fetch costs
    this much), parse + list images + rewrite + encode of the page in-process (bench/rewrite.py), and
    classifying dataset images in-process (what a cold page's images cost before any HTTP);
-2. the Dog page through the proxy with every verdict cached: p50 / p99 over --requests requests, once
+2. the Dog page through the proxy with every verdict cached: p50 / p99 over --requests requests, and the
+   server process's CPU time per request (the machine may be shared: CPU time is the steadier figure), once
    with the page's bytes changing every request (so it is parsed, its images listed and looked up, and
    rewritten each time) and once unchanged (the kept rendering is reused after the verdicts check);
 3. cold pages with N = 10 / 25 / 50 never-seen images (every image fetched, decoded and classified by
@@ -125,19 +126,22 @@ def check_only_local_images(upstream_port: int) -> int:
     return len(local)
 
 
-def in_process_ms(port: int, repeat: int = 20) -> float:
+def in_process_ms(port: int, repeat: int = 20) -> tuple[float, float]:
+    """Median wall and CPU milliseconds to parse, list images, mark them and render the page, from the
+    bytes the upstream sends (as the proxy does)."""
     from proxy.rewrite import Mark, Page
 
-    html = local_dog_page(port)
+    body = local_dog_page(port).encode()
     url = f"http://127.0.0.1:{port}/dog"
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat + 1):
-        started = time.perf_counter()
-        page = Page(html, url)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        page = Page(body, url)
         marks = {ref.url: Mark(invert=True, p_invert=0.9, model="m") for ref in page.images(max_images=200)}
-        page.rewrite(marks).encode()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times[1:])
+        page.render(marks)
+        wall.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.process_time() - cpu_started) * 1000)
+    return statistics.median(wall[1:]), statistics.median(cpu[1:])
 
 
 def classify_ms(classifier: str, n: int = 50, batch: int = 8) -> float:
@@ -169,7 +173,16 @@ async def timed_get(
     return (time.perf_counter() - started) * 1000, status, headers
 
 
-async def measure(api: str, upstream: str, requests: int, cold_runs: int) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc; 0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(api: str, upstream: str, requests: int, cold_runs: int, server_pid: int) -> None:
     dog = f"{upstream}/dog"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         direct = [(await timed_get(session, dog))[0] for _ in range(requests)]
@@ -181,15 +194,17 @@ async def measure(api: str, upstream: str, requests: int, cold_runs: int) -> Non
         print(f"Dog page, first request (every image new): {elapsed:.0f} ms; {headers['X-InvertOrNot-Images']}")
         for label, changing in (("parsed and rewritten each time", True), ("kept rendering reused", False)):
             latencies = []
+            cpu_before = cpu_seconds(server_pid)
             for n in range(requests):
                 page = {**params, "url": f"{dog}?v={n}"} if changing else params
                 elapsed, status, headers = await timed_get(session, f"{api}/api/v1/page", page)
                 assert status == 200 and "classified=0" in headers["X-InvertOrNot-Images"], headers
                 latencies.append(elapsed)
+            cpu = (cpu_seconds(server_pid) - cpu_before) / requests * 1000
             print(
                 f"Dog page, every verdict cached, {label}, {requests} requests: "
                 f"p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms, "
-                f"min {min(latencies):.1f} ms  [{headers['X-InvertOrNot-Images']}]"
+                f"min {min(latencies):.1f} ms; server CPU {cpu:.1f} ms/request  [{headers['X-InvertOrNot-Images']}]"
             )
 
         for n in COLD_SIZES:
@@ -230,7 +245,8 @@ def main() -> None:
     images = check_only_local_images(upstream_port)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {DOG.name}: "
           f"{DOG.stat().st_size / 1000:.0f} KB, {images} distinct images")  # fmt: skip
-    print(f"reference: parse + images + rewrite + encode in-process: {in_process_ms(upstream_port):.1f} ms (median)")
+    wall, cpu = in_process_ms(upstream_port)
+    print(f"reference: parse + images + rewrite + encode in-process: {wall:.1f} ms (median; CPU {cpu:.1f} ms)")
     per_image = classify_ms(args.classifier)
     print(f"reference: classify_bytes in-process ({args.classifier}), batches of 8: {per_image:.1f} ms/image")
 
@@ -248,7 +264,7 @@ def main() -> None:
     try:
         wait_until_up(f"{upstream}/ping", up)
         wait_until_up(f"{api}/healthz", server)
-        asyncio.run(measure(api, upstream, max(args.requests, 50), args.cold_runs))
+        asyncio.run(measure(api, upstream, max(args.requests, 50), args.cold_runs, server.pid))
     finally:
         for process in (server, up):
             process.send_signal(signal.SIGINT)

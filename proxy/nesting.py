@@ -18,6 +18,8 @@ lowers it only when it certainly is one, in the data state:
   non-blank character is ``=``), the position may be inside it. That over-approximates every quoted
   value, so its mistakes only make the estimate larger;
 * it closes something of its own name counted open before (``</x>`` with no ``<x>`` closes nothing).
+  Names are compared as read, ASCII letters lower-cased; a name holding a NUL byte (which the parser
+  reads as U+FFFD) matches nothing, and counts as never closed.
 
 Start tags count unless certainly inside a comment or raw text, with three exceptions, each sound:
 void elements (outside SVG/MathML, where ``<link>`` or ``<source>`` do nest); self-closing tags where
@@ -27,12 +29,21 @@ another behind an element that is counted (a ``<ul>``, a ``<button>``), so leavi
 halves the depth; tables and selects count for the levels their parts add. `NestingEstimate.work`
 is therefore a bound up to a small constant factor (tests check real depth <= 3 x estimate + 8):
 good enough to refuse pages that would take seconds, not to predict milliseconds.
+
+The passes cost a few milliseconds per megabyte: one comparison pass over the bytes for "<", ">" and
+quotes, then arrays of a few entries per tag (tag names read 8 bytes at a time, running counts of
+quotes and ">" instead of binary searches). As they read every tag name anyway, they also say which of
+a given set of names occur (`estimate_nesting`'s ``names``), which spares large pages a second pass
+for `proxy.sanitize.tag_census`.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +56,6 @@ Ints = npt.NDArray[np.int64]
 Words = npt.NDArray[np.uint64]
 
 _NAME_WINDOW = 32  # tag names longer than this never match an end tag (counted, never closed)
-_SHORT_WINDOW = 16  # most names end within this; only the others are read further
 _LOOKBACK = 8  # blanks allowed between "=" and a quote before we assume a value may open there
 
 _LT, _GT, _SLASH, _BANG, _QUESTION = 0x3C, 0x3E, 0x2F, 0x21, 0x3F
@@ -66,19 +76,36 @@ _LOWER[0x41:0x5B] |= 0x20
 
 
 class _NameSet:
-    """A set of tag names (at most 8 bytes each), tested against names read as 8-byte words."""
+    """A set of tag names (at most 8 bytes each), tested against names read as 8-byte words. Each set
+    is one bit of `_Tokens.sets`: a token is looked up once, in the table of all the sets."""
+
+    members: ClassVar[dict[int, int]] = {}  # name word -> bits of the sets holding it
+    _count: ClassVar[int] = 0
 
     def __init__(self, *names: str) -> None:
-        self._words = np.array(sorted(_name_word(name) for name in names), dtype=np.uint64)
+        self.bit = np.uint16(1 << _NameSet._count)
+        _NameSet._count += 1
+        for name in names:
+            word = _name_word(name)
+            self.members[word] = self.members.get(word, 0) | int(self.bit)
 
-    def contains(self, word: Words) -> Bools:
-        index = np.minimum(np.searchsorted(self._words, word), self._words.size - 1)
-        result: Bools = self._words[index] == word
-        return result
+
+@functools.cache
+def _name_table() -> tuple[Words, npt.NDArray[np.uint16]]:
+    words = np.array(sorted(_NameSet.members), dtype=np.uint64)
+    return words, np.array([_NameSet.members[int(word)] for word in words], dtype=np.uint16)
 
 
-def _name_word(name: str) -> int:
-    raw = name.encode()
+def _sets_of(words: Words) -> npt.NDArray[np.uint16]:
+    """The bits of the `_NameSet`s holding each word (0: none)."""
+    table, bits = _name_table()
+    index = np.minimum(np.searchsorted(table, words), table.size - 1)
+    result: npt.NDArray[np.uint16] = np.where(table[index] == words, bits[index], np.uint16(0))
+    return result
+
+
+def _name_word(name: str | bytes) -> int:
+    raw = name.encode() if isinstance(name, str) else name
     assert len(raw) <= 8, name
     return int.from_bytes(raw.ljust(8, b"\0"), "little")
 
@@ -132,6 +159,7 @@ class NestingEstimate:
 
     depth: int
     tags: int
+    names: frozenset[str] = frozenset()  # those asked about that occur in the page (`estimate_nesting`)
 
     @property
     def work(self) -> int:
@@ -153,30 +181,39 @@ class _Tokens:
     whole: Bools  # a start or end tag whose name ended within _NAME_WINDOW bytes
     plaintext: Bools  # "<plaintext": raw text to the end of the document
 
+    sets: npt.NDArray[np.uint16]  # which `_NameSet`s hold `word`, as bits
+
     def named(self, names: _NameSet) -> Bools:
-        return self.whole & (self.longer == 0) & names.contains(self.word)
+        return self.named_prefix(names) & (self.longer == 0)
 
     def named_prefix(self, names: _NameSet) -> Bools:
         """Names whose first 8 bytes are in ``names`` (longer names included: a superset)."""
-        return self.whole & names.contains(self.word)
+        result: Bools = self.whole & ((self.sets & names.bit) != 0)
+        return result
 
     def same_name(self, index: int) -> Bools:
         return self.whole & (self.word == self.word[index]) & (self.longer == self.longer[index])
 
 
-def estimate_nesting(data: bytes) -> NestingEstimate:
-    """Estimates the nesting depth lexbor would reach on ``data`` (UTF-8 HTML). Linear time."""
+def estimate_nesting(data: bytes, *, names: Collection[str] = ()) -> NestingEstimate:
+    """Estimates the nesting depth lexbor would reach on ``data`` (UTF-8 HTML). Linear time.
+
+    ``names`` (lower-case tag names, or "!doctype"): the estimate says which of them occur right after
+    a "<" and are then ended by a blank, "/" or ">", as a regular expression over the page would, but
+    from the tag names this reads anyway.
+    """
     raw = np.frombuffer(data, dtype=np.uint8)
-    # Padding lets windows read past either end without bounds checks; zero bytes end names.
+    # Padding lets windows read past either end without bounds checks.
     buf = np.concatenate([np.zeros(_LOOKBACK, np.uint8), raw, np.zeros(_NAME_WINDOW + 4, np.uint8)])
     special = np.flatnonzero((raw == _LT) | (raw == _GT) | (raw == _DQ) | (raw == _SQ))
     kind = raw[special]
-    tokens = _tokenize(buf, special[kind == _LT])
+    tokens, token_special = _tokenize(buf, special, kind)
     at = tokens.at
+    present = _present(buf, tokens, names)
     if at.size == 0:
-        return NestingEstimate(_IMPLIED_DEPTH, 0)
+        return NestingEstimate(_IMPLIED_DEPTH, 0, present)
     gts = special[kind == _GT]
-    in_tag = _inside_tag(at, gts, _Quotes(buf, special[kind == _DQ], special[kind == _SQ]))
+    in_tag = _inside_tag(token_special, _Specials(buf, special, kind))
     foreign_from = _first(at[tokens.start & tokens.named(_FOREIGN)], default=raw.size)
     # In a <select> or a <frameset> the tree builder ignores <style>, <title>... so their content is
     # markup after all; from the first of those on, raw text is only possibly text.
@@ -198,11 +235,28 @@ def estimate_nesting(data: bytes) -> NestingEstimate:
         nests[candidates[_self_closing(data, buf, at[candidates], gts)]] = False
 
     weight = np.ones(at.size, dtype=np.int64)
-    for names, levels in _WEIGHTS.items():
-        weight[tokens.named(names)] = levels
+    for heavy, levels in _WEIGHTS.items():
+        weight[tokens.named(heavy)] = levels
     delta = _matched(tokens, nests, certain_end, weight)
     depth = int(np.cumsum(delta).max(initial=0))
-    return NestingEstimate(depth + _IMPLIED_DEPTH, int(at.size))
+    return NestingEstimate(depth + _IMPLIED_DEPTH, int(at.size), present)
+
+
+def _present(buf: npt.NDArray[np.uint8], tokens: _Tokens, names: Collection[str]) -> frozenset[str]:
+    """Which of ``names`` some token has, read exactly (a name is cut at a blank, "/" or ">")."""
+    if not names:
+        return frozenset()
+    raws = [name.encode() for name in names]
+    assert all(raw.islower() and len(raw) <= _NAME_WINDOW for raw in raws), names
+    table = np.unique(np.array([_name_word(raw[:8]) for raw in raws], dtype=np.uint64))
+    index = np.minimum(np.searchsorted(table, tokens.word), table.size - 1)
+    hits = np.flatnonzero((table[index] == tokens.word) & ~tokens.end)  # names right after the "<"
+    if hits.size == 0:
+        return frozenset()
+    # Few tokens are left: read their whole names and compare.
+    rows, whole = _read_names(buf, tokens.at[hits] + _LOOKBACK + 1, _NAME_WINDOW)
+    seen = {row.tobytes().rstrip(b"\0") for row in rows[whole]}
+    return frozenset(name for name, raw in zip(names, raws, strict=True) if raw in seen)
 
 
 def _certainly_foreign(data: bytes, buf: npt.NDArray[np.uint8], tokens: _Tokens, gts: Ints, unsure: Bools) -> Bools:
@@ -229,47 +283,92 @@ def _last_before(sorted_values: Ints, queries: Ints) -> Ints:
     return result
 
 
-def _tokenize(buf: npt.NDArray[np.uint8], at: Ints) -> _Tokens:
+def _tokenize(buf: npt.NDArray[np.uint8], special: Ints, kind: npt.NDArray[np.uint8]) -> tuple[_Tokens, Ints]:
+    """The tokens, and for each its index in ``special`` (the offsets of every "<", ">" and quote)."""
+    index = np.flatnonzero(kind == _LT)
+    at = special[index]
     c1 = buf[at + _LOOKBACK + 1]
     c2 = buf[at + _LOOKBACK + 2]
     start = _LETTER[c1]
     end = (c1 == _SLASH) & _LETTER[c2]
     opener = (c1 == _BANG) | (c1 == _QUESTION) | ((c1 == _SLASH) & ~_LETTER[c2] & (c2 != _GT))
     keep = start | end | opener
-    at, start, end, opener, c1, c2 = at[keep], start[keep], end[keep], opener[keep], c1[keep], c2[keep]
+    index, at, start, end, opener, c1, c2 = (
+        index[keep],
+        at[keep],
+        start[keep],
+        end[keep],
+        opener[keep],
+        c1[keep],
+        c2[keep],
+    )
     comment = (c1 == _BANG) & (c2 == _DASH) & (buf[at + _LOOKBACK + 3] == _DASH)
     name_at = at + _LOOKBACK + 1 + end
-    words, whole = _read_names(buf, name_at, _SHORT_WINDOW)
+    word, whole = _read_words(buf, name_at)
     whole &= start | end
-    plaintext = whole & (words[:, 0] == _PLAINTEXT[0]) & (words[:, 1] == _PLAINTEXT[1])
-    # Names past 8 bytes get an exact id of their own (equal names, equal ids); most names are short.
+    plaintext = np.zeros(at.size, dtype=bool)
+    # Names of 8 bytes or more are read further, and those past 8 bytes get an exact id of their own
+    # (equal names, equal ids); most names are short.
     longer = np.zeros(at.size, dtype=np.int64)
     spill = np.flatnonzero(~whole & (start | end))
-    past = np.flatnonzero((words[:, 1] != 0) | ~whole)
-    if past.size:
-        rows = np.zeros((past.size, _NAME_WINDOW // 8), dtype=np.uint64)
-        rows[:, :2] = words[past]
-        if spill.size:
-            long_words, whole[spill] = _read_names(buf, name_at[spill], _NAME_WINDOW)
-            rows[np.searchsorted(past, spill)] = long_words
-        order = np.lexsort(rows.T[::-1])
-        changed = np.ones(past.size, dtype=bool)
-        changed[1:] = (rows[order][1:] != rows[order][:-1]).any(axis=1)
-        longer[past[order]] = np.cumsum(changed)
-    return _Tokens(at, start, end, opener, comment, words[:, 0].copy(), longer, whole, plaintext)
+    if spill.size:
+        rows, whole[spill] = _read_names(buf, name_at[spill], _NAME_WINDOW)
+        plaintext[spill] = whole[spill] & (rows[:, 0] == _PLAINTEXT[0]) & (rows[:, 1] == _PLAINTEXT[1])
+        past = np.flatnonzero((rows[:, 1] != 0) | ~whole[spill])
+        if past.size:
+            order = np.lexsort(rows[past].T[::-1])
+            changed = np.ones(past.size, dtype=bool)
+            changed[1:] = (rows[past][order][1:] != rows[past][order][:-1]).any(axis=1)
+            longer[spill[past[order]]] = np.cumsum(changed)
+    sets = _sets_of(word)
+    return _Tokens(at, start, end, opener, comment, word, longer, whole, plaintext, sets), index
+
+
+# Bytes that end a tag name, and constants for testing the 8 bytes of a word at once. A NUL byte
+# does not end a name (the parser reads it as U+FFFD) but does end the word: a name holding one is
+# never "whole", so it matches nothing (zero bytes also pad the page and each short name).
+_STOPS = (0x09, 0x0A, 0x0C, 0x0D, 0x20, 0x2F, 0x3E)
+_ONES, _HIGHS = np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)
+_LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
+
+
+def _zero_bytes(words: Words) -> Words:
+    """The top bit of each zero byte; exact up to the lowest one (borrows can flag bytes above it)."""
+    flags: Words = (words - _ONES) & ~words & _HIGHS
+    return flags
+
+
+def _read_words(buf: npt.NDArray[np.uint8], name_at: Ints) -> tuple[Words, Bools]:
+    """The first 8 bytes of the names at ``name_at``, lower-cased and cut at the first byte that ends a
+    tag name, as words; and whether the name ended within them. Whole 8-byte words at a time (bit
+    tricks across the bytes of a word): this runs over every tag of the page."""
+    words: Words = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=buf, strides=(1,))[name_at]
+    # A byte is an upper-case letter when it is at least "A" and below "[" with its top bit clear.
+    low = words & _LOW7
+    upper = (low + np.uint64(0x3F3F3F3F3F3F3F3F)) & ~(low + np.uint64(0x2525252525252525)) & ~words & _HIGHS
+    words |= upper >> np.uint64(2)
+    stops = np.zeros(words.size, dtype=np.uint64)
+    for stop in _STOPS:
+        stops |= _zero_bytes(words ^ (_ONES * np.uint64(stop)))
+    ends = stops | _zero_bytes(words)
+    first = ends & (~ends + np.uint64(1))  # the lowest byte that ends the word (exact)
+    whole: Bools = (first & stops) != 0
+    words &= (first >> np.uint64(7)) - np.uint64(1)  # no end: all ones, the whole word is name
+    return words, whole
 
 
 def _read_names(buf: npt.NDArray[np.uint8], name_at: Ints, width: int) -> tuple[Words, Bools]:
-    """Names at ``name_at``, lower-cased, cut at the first byte that ends a tag name, as 8-byte words;
-    and whether the name ended within ``width`` bytes. (Arithmetic rather than lookup tables: this
-    runs over every tag of the page.)"""
+    """Names at ``name_at``, lower-cased, cut at the first byte that ends a tag name, as 8-byte words
+    (one row each); and whether the name ended within ``width`` bytes. For the few long names."""
     window = sliding_window_view(buf, width)[name_at]
     upper = ((window >= 0x41) & (window <= 0x5A)).view(np.uint8)
     window = np.bitwise_or(window, upper * np.uint8(0x20))
-    stops = (window == 0x2F) | (window == 0x3E) | (window == 0x20) | (window == 0)
+    nul = window == 0  # ends the word, not the name (see _STOPS)
+    stops = (window == 0x2F) | (window == 0x3E) | (window == 0x20) | nul
     stops |= (window >= 0x09) & (window <= 0x0D) & (window != 0x0B)  # tab, LF, FF, CR
     length = stops.argmax(axis=1)
-    whole: Bools = stops[np.arange(name_at.size), length]
+    rows = np.arange(name_at.size)
+    whole: Bools = stops[rows, length] & ~nul[rows, length]
     length[~whole] = width
     window *= (np.arange(width) < length[:, None]).view(np.uint8)
     words: Words = np.ascontiguousarray(window).view(np.dtype("<u8"))
@@ -280,11 +379,18 @@ def _first(positions: Ints, default: int) -> int:
     return int(positions[0]) if positions.size else default
 
 
-class _Quotes:
-    """Tells whether positions may lie inside a quoted attribute value (an over-approximation)."""
+class _Specials:
+    """The "<", ">" and quotes of a page in order, with running counts: "the last quote before" a
+    "<" or ">" is then an array lookup rather than a binary search."""
 
-    def __init__(self, buf: npt.NDArray[np.uint8], double: Ints, single: Ints) -> None:
-        self._tables = [(quotes, self._may_open(buf, quotes)) for quotes in (double, single)]
+    def __init__(self, buf: npt.NDArray[np.uint8], special: Ints, kind: npt.NDArray[np.uint8]) -> None:
+        self.gts_before = np.cumsum(kind == _GT, dtype=np.int32)  # ">" up to and including each special byte
+        self.gt_index = np.flatnonzero(kind == _GT)
+        self._quotes = []
+        for quote in (_DQ, _SQ):
+            is_quote = kind == quote
+            opens = np.concatenate([[False], self._may_open(buf, special[is_quote])])
+            self._quotes.append((np.cumsum(is_quote, dtype=np.int32), opens))
 
     @staticmethod
     def _may_open(buf: npt.NDArray[np.uint8], quotes: Ints) -> Bools:
@@ -300,28 +406,23 @@ class _Quotes:
             opens[spaced] = ~solid.any(axis=1) | (back[np.arange(spaced.size), first_solid] == _EQ)
         return opens
 
-    def maybe_inside(self, positions: Ints) -> Bools:
-        """True where the nearest quote before the position (of either kind) may open a value: the
-        position may then be inside that value, as no quote of its kind closed it yet."""
-        result = np.zeros(positions.size, dtype=bool)
-        for quotes, opens in self._tables:
-            index = np.searchsorted(quotes, positions) - 1
-            has = index >= 0
-            result[has] |= opens[index[has]]
+    def maybe_in_value(self, index: Ints) -> Bools:
+        """For special bytes that are no quotes (by index): True where the nearest quote before, of
+        either kind, may open a value; the byte may then be inside that value, as no quote of its kind
+        closed it yet (an over-approximation of every quoted value)."""
+        result = np.zeros(index.size, dtype=bool)
+        for count, opens in self._quotes:
+            result |= opens[count[index]]  # opens[0] is False: no quote before
         return result
 
 
-def _inside_tag(at: Ints, gts: Ints, quotes: _Quotes) -> Bools:
+def _inside_tag(token_special: Ints, specials: _Specials) -> Bools:
     """Tokens that may lie inside the attributes of an earlier tag (see the module docstring)."""
-    result = quotes.maybe_inside(at)
-    previous = np.concatenate([[-1], at[:-1]])
-    next_gt = np.searchsorted(gts, previous, side="right")  # the first ">" after the previous token
-    no_gt = next_gt >= gts.size
-    no_gt[~no_gt] = gts[next_gt[~no_gt]] > at[~no_gt]
-    result |= no_gt & (previous >= 0)
-    last_gt = np.searchsorted(gts, at) - 1  # the last ">" before each token
-    has = last_gt >= 0
-    result[has] |= quotes.maybe_inside(gts[last_gt[has]])
+    result = specials.maybe_in_value(token_special)
+    gts = specials.gts_before[token_special]
+    result[1:] |= gts[1:] == gts[:-1]  # no ">" since the previous token
+    has = gts > 0
+    result[has] |= specials.maybe_in_value(specials.gt_index[gts[has] - 1])  # the last ">" before it
     return result
 
 
@@ -432,14 +533,20 @@ def _matched(tokens: _Tokens, opens: Bools, closes: Bools, weight: Ints) -> Ints
     involved = np.flatnonzero(opens | (closes & tokens.whole))
     if involved.size == 0:
         return delta
-    # Names too long to read whole never match: each gets a key of its own.
-    word = tokens.word[involved]
-    longer = np.where(tokens.whole[involved], tokens.longer[involved], -1 - np.arange(involved.size))
-    order = np.lexsort((np.arange(involved.size), longer, word))
+    # One key per name. A short name's word starts with its first letter (the low byte, never zero);
+    # longer names get their id shifted past that byte, and names too long to read whole never match:
+    # each gets a key of its own beyond every id.
+    key = tokens.word[involved].copy()
+    longer = tokens.longer[involved]
+    whole = tokens.whole[involved]
+    key[longer != 0] = longer[longer != 0].astype(np.uint64) << np.uint64(8)
+    alone = np.flatnonzero(~whole)
+    key[alone] = (np.uint64(tokens.at.size + 1) + alone.astype(np.uint64)) << np.uint64(8)
+    order = np.argsort(key, kind="stable")  # by name, in document order within a name
     step = np.where(opens[involved], 1, -1).astype(np.int64)[order]
-    word, longer = word[order], longer[order]
+    key = key[order]
     first = np.ones(involved.size, dtype=bool)
-    first[1:] = (word[1:] != word[:-1]) | (longer[1:] != longer[:-1])
+    first[1:] = key[1:] != key[:-1]
     segment = np.cumsum(first) - 1
     total = np.cumsum(step)
     local = total - (total - step)[first][segment]

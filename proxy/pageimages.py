@@ -16,11 +16,12 @@ so does a ``<picture>`` that ships its own dark-mode source.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from selectolax.lexbor import LexborHTMLParser, LexborNode
+from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
 
 from proxy.urls import Candidate, Resolver, parse_srcset
 
@@ -38,7 +39,8 @@ __all__ = [
 INVERT_MARKUP = frozenset({"invert", "invert-auto", "skin-invert", "skin-invert-image"})
 INVERT_NOT_MARKUP = frozenset({"invert-not", "invert-not-auto", "notheme"})
 PLACEHOLDER_CLASSES = ("pcs-lazy-load-placeholder", "lazy-image-placeholder")
-_IMAGE_SELECTOR = "img, " + ", ".join(f".{name}" for name in PLACEHOLDER_CLASSES)
+_PLACEHOLDER_SELECTOR = ", ".join(f".{name}" for name in PLACEHOLDER_CLASSES)
+_IMAGE_SELECTOR = f"img, {_PLACEHOLDER_SELECTOR}"
 _MAX_URLS = 32  # URLs kept per ImageRef: enough for every real srcset, bounded for hostile ones
 _MAX_CANDIDATES = 64  # srcset candidates considered when choosing the classification URL
 _DEFAULT_WIDTH = 320.0  # displayed width assumed when the markup gives none (a typical thumbnail)
@@ -93,7 +95,7 @@ def scan_images(
     occurrence lists all its URLs, which costs a URL join per candidate."""
     manual = _ManualMarkup(ours)
     paired: set[int] = set()  # placeholders already reported with the <noscript><img> before them
-    for node in tree.css(_IMAGE_SELECTOR):
+    for node in manual.images_and_candidates(tree):
         if node.mem_id in paired:
             continue
         if node.tag == "img":
@@ -228,13 +230,41 @@ def _style_length(pattern: re.Pattern[str], style: str) -> float | None:
 
 class _ManualMarkup:
     """Manual invert markup on an element or its nearest marked ancestor (memoised, so a page's
-    ancestors are each read once)."""
+    ancestors are each read once). Only the few elements one selector query finds are read at all."""
 
     def __init__(self, ours: tuple[str, str]) -> None:
         self._invert = INVERT_MARKUP | {ours[0]}
         self._invert_not = INVERT_NOT_MARKUP | {ours[1]}
         self._ours = set(ours)
         self._known: dict[int, tuple[bool | None, str | None]] = {}
+        # Every markup name holds one of these: an element whose class holds none (and that is no
+        # placeholder with a data-class) has no markup, and is not read.
+        self._needles: list[str] = []
+        for name in sorted(self._invert | self._invert_not, key=len):
+            if not any(needle in name for needle in self._needles):
+                self._needles.append(name)
+        self._candidates: set[int] | None = None  # None: read every element
+
+    def images_and_candidates(self, tree: LexborHTMLParser) -> list[LexborNode]:
+        """The page's images and placeholders, in document order. The same selector query (each walks
+        the whole tree) finds the elements that may carry markup."""
+        markup = [*(f'[class*="{_css_string(needle)}"]' for needle in self._needles), "[data-class]"]
+        nodes = None
+        if all(self._needles):  # (an empty class name would be in every class)
+            with contextlib.suppress(SelectolaxError):  # a class name lexbor's selectors cannot express
+                nodes = tree.css(f"{_IMAGE_SELECTOR}, {', '.join(markup)}")
+        if nodes is None:
+            return tree.css(_IMAGE_SELECTOR)  # and every element is read for markup
+        images: list[LexborNode] = []
+        self._candidates = set()
+        for node in nodes:
+            identity = node.mem_id
+            if identity in self._candidates:
+                continue  # listed once per selector it matches
+            self._candidates.add(identity)
+            if node.tag == "img" or node.css_matches(_PLACEHOLDER_SELECTOR):
+                images.append(node)
+        return images
 
     def of(self, node: LexborNode) -> tuple[bool | None, str | None]:
         chain: list[LexborNode] = []
@@ -248,10 +278,12 @@ class _ManualMarkup:
             chain.append(current)
             current = current.parent
         for element in reversed(chain):
-            own = self._own(element)
-            if own[0] is not None:
-                result = own
-            self._known[element.mem_id] = result
+            identity = element.mem_id
+            if self._candidates is None or identity in self._candidates:
+                own = self._own(element)
+                if own[0] is not None:
+                    result = own
+            self._known[identity] = result
         return result
 
     def _own(self, element: LexborNode) -> tuple[bool | None, str | None]:
@@ -269,6 +301,10 @@ class _ManualMarkup:
             if name in self._invert:
                 return True, name
         return None, None
+
+
+def _css_string(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def image_ref(url: str, occurrences: list[ImageOccurrence]) -> ImageRef:

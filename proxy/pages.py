@@ -5,7 +5,8 @@
       --rewrite + sanitise--> HTML a popup can show in dark mode with no further work
 
 * Cached verdicts are looked up synchronously, so a page whose images are all known costs one parse and
-  one rewrite, no task per image.
+  one rewrite, no task per image. A UTF-8 page goes to the parser as the bytes it came in, and comes
+  back as bytes: no decoding and encoding the megabyte again (`page_source`).
 * The rest are classified through the `VerdictService` (single-flight, micro-batching), at most
   `concurrency` at a time per page so one image-heavy page neither hammers its upstream nor starves
   other pages.
@@ -168,7 +169,28 @@ class PageProxy:
 
     async def _proxy_html(self, fetched: FetchResult, deadline: float) -> ProxiedPage:
         offload = len(fetched.body) > _INLINE_PAGE_BYTES
-        key = (fetched.url, await _digest(fetched.body, offload)) if self.rendered.max_bytes else None
+        key: tuple[str, str] | None = None
+        digest: asyncio.Future[str] | None = None
+        if self.rendered.max_bytes:
+            if offload and not self.rendered.holds(fetched.url):
+                # No rendering of this page is kept: hash its bytes (another thread) while parsing them.
+                digest = asyncio.ensure_future(_digest(fetched.body, offload))
+            else:
+                key = (fetched.url, await _digest(fetched.body, offload))
+        try:
+            return await self._render_html(fetched, deadline, offload, key, digest)
+        finally:
+            if digest is not None:
+                digest.cancel()  # done by now, unless the page failed
+
+    async def _render_html(
+        self,
+        fetched: FetchResult,
+        deadline: float,
+        offload: bool,
+        key: tuple[str, str] | None,
+        digest: asyncio.Future[str] | None,
+    ) -> ProxiedPage:
         kept = None if key is None else self.rendered.get(key)
         results: list[ImageResult] | None = None
         if kept is not None:
@@ -177,10 +199,10 @@ class PageProxy:
             if tuple(result.mark() for result in results) == kept.marks:
                 self._renders.inc("reused")
                 return ProxiedPage(fetched.url, "text/html", kept.body, tuple(results))
-        text = decode_html(fetched.body, fetched.charset)
+        source = page_source(fetched.body, fetched.charset)
 
         def parse() -> tuple[Page, list[ImageRef]]:
-            page = Page(text, fetched.url, self.options)
+            page = Page(source, fetched.url, self.options)
             return page, page.images(max_images=self._max_images)
 
         try:
@@ -193,11 +215,13 @@ class PageProxy:
         by_url = {result.ref.url: mark for result, mark in zip(results, marks, strict=True) if mark is not None}
 
         def rewrite() -> bytes:
-            return page.rewrite(by_url).encode("utf-8", "replace")
+            return page.render(by_url)
 
         body = await asyncio.to_thread(rewrite) if offload else rewrite()
         self._renders.inc("rendered")
         proxied = ProxiedPage(fetched.url, "text/html", body, tuple(results))
+        if digest is not None:
+            key = (fetched.url, await digest)
         if key is not None and proxied.complete:
             self.rendered.put(key, RenderedPage(body, tuple(refs), tuple(marks)))
         return proxied
@@ -273,16 +297,31 @@ async def _digest(body: bytes, offload: bool) -> str:
 def decode_html(body: bytes, charset: str | None) -> str:
     """The page's text: a byte-order mark wins, then the Content-Type charset, then a <meta charset> in
     the first kilobyte, then UTF-8 (what Wikipedia and almost every page sends). Bad bytes become U+FFFD."""
+    encoding, start = _encoding(body, charset)
+    return body[start:].decode(encoding, "replace")
+
+
+def page_source(body: bytes, charset: str | None) -> str | bytes:
+    """What `proxy.rewrite.Page` is given for the page: its bytes as they are when it is UTF-8 (the
+    parser reads those, and `Page` checks them), else its text, as `decode_html`."""
+    encoding, start = _encoding(body, charset)
+    if encoding == "utf-8":
+        return body[start:] if start else body
+    return body[start:].decode(encoding, "replace")
+
+
+def _encoding(body: bytes, charset: str | None) -> tuple[str, int]:
+    """The page's encoding (see `decode_html`), and where its text starts (after a byte-order mark)."""
     for bom, encoding in _BOMS:
         if body.startswith(bom):
-            return body[len(bom) :].decode(encoding, "replace")
+            return encoding, len(bom)
     declared = _known_encoding(charset)
     if declared is None:
         match = _META_CHARSET.search(body, 0, _PRESCAN_BYTES)
         declared = _known_encoding(match.group(1).decode("ascii")) if match else None
         if declared is not None and declared.startswith("utf-16"):
             declared = "utf-8"  # HTML: a <meta> that could be read as ASCII cannot really mean UTF-16
-    return body.decode(declared or "utf-8", "replace")
+    return declared or "utf-8", 0
 
 
 def _known_encoding(name: str | None) -> str | None:

@@ -1,9 +1,13 @@
 """Marking the images of a fetched page with their verdicts, and making the page safe to show alone.
 
-Pure functions over selectolax's lexbor parser: no I/O. The page proxy parses a page once (`Page`),
-classifies the `ImageRef.url` of each of its images, then rewrites it with the verdicts; a static-site
-tool can do the same over files, or call `find_images` and `rewrite_page`, which parse the same way.
-Finding images is `proxy.pageimages`; sanitising policy is `proxy.sanitize`.
+Pure functions over selectolax's lexbor parser: no I/O. The page proxy parses a page once (`Page`,
+from the bytes it fetched), classifies the `ImageRef.url` of each of its images, then renders it with
+the verdicts; a static-site tool can do the same over files, or call `find_images` and `rewrite_page`,
+which parse the same way. Finding images is `proxy.pageimages`; sanitising policy is `proxy.sanitize`.
+
+Marking and removing elements happen on the parsed tree; URLs and attributes are rewritten on the
+serialised page, where a few passes over the text replace a selector query per attribute name and
+Python work per element (`_rewrite_serialised` says why that is exact enough, and safe).
 
 A marked image (and a lazy placeholder, when kept) gets the class ``invert`` or ``invert-not`` (names
 configurable), ``data-invertornot="invert|invert-not|pending"``, ``data-invertornot-p="0.973"`` and
@@ -20,6 +24,8 @@ become plain ``<img>`` (nothing else would ever load them) and ``<noscript>`` is
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -48,7 +54,6 @@ __all__ = [
 # Attributes a placeholder keeps for its image as data-X (pcs LazyLoadTransform, MobileFrontend).
 _PLACEHOLDER_COPIED = ("src", "srcset", "width", "height", "alt", "usemap", "style")
 _MARK_ATTRIBUTES = ("data-invertornot-p", "data-invertornot-model", "data-invertornot-pending")
-_HREF = re.compile(' href="')
 _DOCUMENT_MARKUP = frozenset({"!doctype", "html", "head", "body"})
 
 
@@ -91,17 +96,14 @@ class Page:
     the page proxy holds a `Page` while it classifies the images.
     """
 
-    def __init__(self, html: str, base_url: str, options: RewriteOptions | None = None) -> None:
-        """Parses ``html`` (a document or a fragment) fetched from ``base_url``.
+    def __init__(self, html: str | bytes, base_url: str, options: RewriteOptions | None = None) -> None:
+        """Parses ``html`` (a document or a fragment, as text or UTF-8) fetched from ``base_url``.
 
         Raises `RewriteError` ("page_too_complex") for pages nested too deeply to parse in bounded
         time, and ValueError if ``base_url`` is not absolute.
         """
         self.options = options or RewriteOptions()
-        source = html.encode("utf-8", "surrogatepass")  # lexbor makes lone surrogates U+FFFD
-        # Which tags of interest occur: one pass over the text spares searching the tree for absent ones.
-        self._census = sanitize.tag_census(source)
-        self._tree = _parse(source, self.options, fragment=not self._census & _DOCUMENT_MARKUP)
+        self._census, self._tree = _parse(_utf8(html), self.options)
         self._resolver = _base_resolver(self._tree, base_url, has_base="base" in self._census)
         self._pending: Iterator[ImageOccurrence] | None = None
         self._seen: list[ImageOccurrence] = []
@@ -121,7 +123,11 @@ class Page:
         return [image_ref(url, occurrences) for url, occurrences in found.items()]
 
     def rewrite(self, marks: Mapping[str, Mark]) -> str:
-        """The page with every image marked by ``marks`` (keyed by `ImageRef.url`), ready to show
+        """`render` as text."""
+        return self.render(marks).decode("utf-8")
+
+    def render(self, marks: Mapping[str, Mark]) -> bytes:
+        """The page (UTF-8) with every image marked by ``marks`` (keyed by `ImageRef.url`), ready to show
         on its own: URLs absolute, active content removed, lazy images made plain (`RewriteOptions`).
 
         Images with manual markup are never changed; images without a mark are left as they are.
@@ -140,17 +146,17 @@ class Page:
         census = self._census
         if options.eager_images and "noscript" in census:
             tree.unwrap_tags(["noscript"])
+        # Every URL is made absolute; a <base> would only mislead "#" links.
+        bases = ("base",) if options.absolutize and "base" in census else ()
         if options.sanitize:
-            sanitize.remove_unsafe_elements(tree, census)
-        if options.absolutize or options.sanitize:
-            _rewrite_attributes(tree, census, self._resolver, options)
-        if options.absolutize and "base" in census:
+            sanitize.remove_unsafe_elements(tree, census, also=bases)
+        elif bases:
             for base in tree.css("base"):
-                base.decompose()  # every URL is absolute now; a <base> would only mislead "#" links
-        result = tree.html or ""
-        if options.absolutize:
-            result = _absolutize_links(result, self._resolver)
-        return sanitize.strip_event_handlers(result) if options.sanitize else result
+                base.decompose()
+        result = (tree.html or "").encode("utf-8", "replace")
+        if options.absolutize or options.sanitize:
+            result = _rewrite_serialised(result, census, self._resolver, options)
+        return result
 
     def _occurrences(self, *, collect_urls: bool) -> Iterator[ImageOccurrence]:
         """All occurrences, scanning on only as far as a caller reads. Every URL of each image is
@@ -168,13 +174,15 @@ class Page:
 
 
 def find_images(
-    html: str, base_url: str, *, max_images: int | None = None, options: RewriteOptions | None = None
+    html: str | bytes, base_url: str, *, max_images: int | None = None, options: RewriteOptions | None = None
 ) -> list[ImageRef]:
     """`Page.images` of ``html``: every image, one `ImageRef` per classification URL."""
     return Page(html, base_url, options).images(max_images=max_images)
 
 
-def rewrite_page(html: str, base_url: str, marks: Mapping[str, Mark], options: RewriteOptions | None = None) -> str:
+def rewrite_page(
+    html: str | bytes, base_url: str, marks: Mapping[str, Mark], options: RewriteOptions | None = None
+) -> str:
     """`Page.rewrite` of ``html``: every image marked by ``marks`` (keyed by `ImageRef.url`)."""
     return Page(html, base_url, options).rewrite(marks)
 
@@ -236,19 +244,54 @@ def _as_int(value: object) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _parse(data: bytes, options: RewriteOptions, *, fragment: bool) -> LexborHTMLParser:
-    """Parses UTF-8 ``data`` after checking that the tree builder's work stays bounded. A page with
-    few tags needs no check: its depth times its tags is at most tags squared."""
-    if options.max_parse_work is not None and data.count(b"<") ** 2 > options.max_parse_work:
-        estimate = estimate_nesting(data)
-        if estimate.work > options.max_parse_work:
-            raise RewriteError(
-                "page_too_complex",
-                f"page nests up to {estimate.depth} elements deep over {estimate.tags} tags; "
-                f"parsing it could take {estimate.work} steps (limit {options.max_parse_work})",
-            )
+def _utf8(html: str | bytes) -> bytes:
+    """``html`` as the UTF-8 the parser reads. Bytes that are not valid UTF-8 are decoded first, U+FFFD
+    for what is not: lexbor's own decoder can drop bytes there (a NUL or CR inside a broken sequence),
+    and the nesting check must see what the parser will."""
+    if isinstance(html, str):
+        return html.encode("utf-8", "surrogatepass")  # lexbor makes lone surrogates U+FFFD
+    try:
+        html.decode("utf-8")  # checks it, faster than decoding and encoding again
+    except UnicodeDecodeError:
+        return html.decode("utf-8", "replace").encode("utf-8")
+    return html
+
+
+# Up to this size a page's tags are counted before its nesting is estimated: a page with few tags needs
+# no estimate (its depth times its tags is at most tags squared). Larger pages nearly always have too
+# many, and the estimate reads the tags anyway.
+_COUNT_TAGS_BELOW = 128 * 1024
+
+
+def _check_nesting(data: bytes, limit: int) -> frozenset[str]:
+    """Raises `RewriteError` if parsing ``data`` could take more than ``limit`` steps; returns its census."""
+    estimate = estimate_nesting(data, names=sanitize.CENSUS_TAGS)
+    if estimate.work > limit:
+        raise RewriteError(
+            "page_too_complex",
+            f"page nests up to {estimate.depth} elements deep over {estimate.tags} tags; "
+            f"parsing it could take {estimate.work} steps (limit {limit})",
+        )
+    return estimate.names
+
+
+def _parse(data: bytes, options: RewriteOptions) -> tuple[frozenset[str], LexborHTMLParser]:
+    """The `sanitize.tag_census` of UTF-8 ``data`` and its parse, after checking that the tree builder's
+    work stays bounded. The census says which tags of interest occur, which spares searching the tree
+    for absent ones; when the nesting estimate reads the page's tags, it takes the census too."""
+    limit = options.max_parse_work
+    census: frozenset[str] | None = None
+    # A page with at most sqrt(limit) tags needs no check, and it has at most one tag per byte.
+    if limit is not None and len(data) ** 2 > limit:  # noqa: SIM102 (two reasons, two tests)
+        if len(data) > _COUNT_TAGS_BELOW or data.count(b"<") ** 2 > limit:
+            census = _check_nesting(data, limit)
+    if census is None:
+        census = sanitize.tag_census(data)
     # A fragment stays a fragment (no <html><head><body> added), so that a tool can put it back.
-    return LexborHTMLParser(data, is_fragment=fragment, options=LexborDocumentOptions.WO_EVENTS, scripting=False)
+    tree = LexborHTMLParser(
+        data, is_fragment=not census & _DOCUMENT_MARKUP, options=LexborDocumentOptions.WO_EVENTS, scripting=False
+    )
+    return census, tree
 
 
 def _base_resolver(tree: LexborHTMLParser, base_url: str, *, has_base: bool) -> Resolver:
@@ -337,103 +380,284 @@ def _apply_mark(element: LexborNode, mark: Mark, options: RewriteOptions) -> Non
         attributes["data-invertornot-pending"] = ""
 
 
-def _rewrite_attributes(
-    tree: LexborHTMLParser, census: frozenset[str], resolver: Resolver, options: RewriteOptions
-) -> None:
-    """Absolute URLs and, when sanitising, no script URLs, pings or scripted styles. Elements are found
-    by attribute with lexbor's selectors, as few queries as possible (each walks the whole tree);
-    event handlers are removed later, from the serialised page (`sanitize.strip_event_handlers`)."""
-    clean, absolutize = options.sanitize, options.absolutize
-    # Links starting "/" or "./" (most of a page's thousands) are made absolute on the serialised
-    # page by `_absolutize_links`, and "#..." ones stay as they are; none of them is a script URL.
-    links = '[href]:not([href^="/"]):not([href^="./"]):not([href^="#"])' if absolutize else "[href]"
-    for selector, name in ((links, "href"), ("[src]", "src")):
-        for node in tree.css(selector):
-            value = node.attrs.get(name)
-            if value is not None:
-                _rewrite_url(node, name, value, resolver, clean, absolutize)
-    rare = sanitize.rare_url_attributes(census)
-    selectors = [f"[{name}]" for name in rare]
-    selectors += [f"[{name}]" for name in sorted(sanitize.SRCSET_ATTRIBUTES)]
-    if clean:
-        selectors += [sanitize.SUSPICIOUS_STYLE_SELECTOR, "[ping]"]
-    if census & {"svg", "math"}:
-        selectors.append("svg *, math *")  # namespaced attributes (xlink:href) cannot be selected by name
-    for node in tree.css(", ".join(selectors)):
-        for name, value in node.attributes.items():
-            if value is None:
+def _rewrite_serialised(html: bytes, census: frozenset[str], resolver: Resolver, options: RewriteOptions) -> bytes:
+    """Absolute URLs and, when sanitising, no script URLs, event handlers, pings or scripted styles, on
+    the serialised page (UTF-8): two linear passes instead of a selector query per attribute name (each
+    walks the whole tree) and Python work per element.
+
+    Serialised HTML is regular: lexbor writes every attribute as ``␣name="value"`` with ``&``, ``"``,
+    ``<``, ``>`` and no-break spaces escaped in the value, and escapes ``<`` and ``>`` in text. So an
+    attribute lies in a tag exactly when the last ``<`` or ``>`` before it is a ``<`` (`_InTag`), and
+    every real attribute is found. What else can look like one, and how it is kept harmless:
+
+    * the end of a value: ``title="a␣src="`` followed by ``␣next="..."`` reads as a ``src`` whose value
+      is ``␣next=``. Such a "value" starts with a blank, so a value starting with a blank is rewritten
+      only where the attribute is certainly real (`_InTag.starts_attribute`), and the search goes on inside
+      it, so the real ``next`` attribute is still seen. Removing one is harmless either way: the quotes
+      on both sides go, which joins two values;
+    * text in comments and raw text (``<style>``): nothing is removed there (`_RawText`), so no ``-->``
+      or ``</style>`` can be forged by joining text; a URL-like string there may be made absolute.
+    """
+    html = _rewrite_attributes(html, census, resolver, options)
+    return _absolutize_links(html, resolver) if options.absolutize else html
+
+
+class _InTag:
+    """Whether positions, visited in increasing order, lie in a tag: the last ``<`` or ``>`` before
+    each is a ``<``. Only the text since the previous position is searched."""
+
+    __slots__ = ("_name_end", "inside", "opened")
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.opened = -1  # where the last "<" is
+        self._name_end = (-1, -1)  # (a "<", where the first blank or quote after it is)
+
+    def at(self, html: bytes, searched: int, position: int) -> bool:
+        """``html[searched:position]`` is the text not searched yet."""
+        last_open, last_close = html.rfind(b"<", searched, position), html.rfind(b">", searched, position)
+        if last_open != last_close:  # both -1: no bracket, the state carries over
+            self.inside = last_open > last_close
+        if last_open >= 0:
+            self.opened = last_open
+        return self.inside
+
+    def starts_attribute(self, html: bytes, at: int) -> bool:
+        """Whether the ``␣name="`` at ``at``, in the tag last visited, certainly starts an attribute:
+        it follows the closing quote of another (values have their quotes escaped) or the tag name."""
+        if html[at - 1 : at] == b'"':
+            return True
+        if self._name_end[0] != self.opened:  # once per tag: a long tag is not searched again
+            found = _NAME_END.search(html, self.opened + 1)
+            self._name_end = (self.opened, len(html) if found is None else found.start())
+        return self._name_end[1] >= at
+
+
+_NAME_END = re.compile(rb'[\t\n\f\r "]')
+
+
+# Where the HTML parser reads text, not markup, in serialised HTML (foreign-content <style> and the
+# like are removed by the sanitiser: lexbor writes their text unescaped too, which a browser reads as markup).
+_RAW_TEXT_START = re.compile(rb"<!--|<(style|xmp|noembed|noframes|plaintext|script|iframe)(?=[\t\n\f\r />])")
+_COMMENT_END = re.compile(rb"--!?>")
+
+
+class _RawText:
+    """Comments and raw-text element content of serialised HTML, found lazily in document order: asked
+    about increasing positions, it searches the text no further than the last one asked about.
+
+    A region starts only outside tags: an attribute name may hold "<!--" or "<style".
+    """
+
+    def __init__(self, html: bytes) -> None:
+        self._html = html
+        self._start = self._end = 0  # the region [start, end) found last
+        self._more = True
+
+    def contains(self, position: int) -> bool:
+        while self._end <= position and self._more:
+            self._find(self._end)
+        return self._start <= position < self._end
+
+    def _find(self, after: int) -> None:
+        html, tag = self._html, _InTag()
+        searched = after  # a region ends with ">": outside any tag
+        while (match := _RAW_TEXT_START.search(html, searched)) is not None:
+            if tag.at(html, searched, match.start()):
+                searched = match.start()  # its "<" is in a tag; the search goes on after it
+                tag.at(html, searched, searched + 1)
+                searched += 1
                 continue
-            if name in rare or (":" in name and name.endswith("href")):
-                _rewrite_url(node, name, value, resolver, clean, absolutize)
-            elif name in sanitize.SRCSET_ATTRIBUTES:
-                _rewrite_srcset(node, name, value, resolver, options)
-            elif clean and (name == "ping" or (name == "style" and sanitize.is_unsafe_style(value))):
-                del node.attrs[name]
+            name = match.group(1)
+            if name is None:  # a comment: lexbor never writes "-->" or "--!>" inside one
+                end = _COMMENT_END.search(html, match.end())
+                self._start, self._end = match.start(), len(html) if end is None else end.end()
+            else:  # raw text: after the start tag (whose attributes are markup), to its end tag
+                content = html.find(b">", match.end()) + 1 or len(html)
+                closer = None
+                if name != b"plaintext":
+                    closer = re.compile(rb"</" + name + rb"[\t\n\f\r />]", re.IGNORECASE).search(html, content)
+                self._start, self._end = content, len(html) if closer is None else closer.start()
+            return
+        self._more = False
 
 
-def _absolutize_links(html: str, resolver: Resolver) -> str:
-    """Makes ``href`` values starting "/" or "./" absolute in serialised ``html``: a prefix for each,
-    with no Python work per attribute beyond finding it. The concatenation means to a browser what the
-    reference meant against the base (it removes dot segments itself); "/\\" is a host like "//".
-    Serialised HTML escapes "<" and ">" everywhere but in raw text (<style>, comments, unsanitised
-    <script>), so a match is an attribute when the last "<" or ">" before it is a "<", as in
-    `sanitize.strip_event_handlers`; in raw text a link-like string may get the prefix too."""
-    pieces: list[str] = []
-    kept = scanned = 0
-    in_tag = False
+class _Remove:
+    """`_url_attribute`'s answer for an attribute to remove."""
+
+
+_REMOVE = _Remove()
+_LINK = b' href="'
+
+
+def _absolutize_links(html: bytes, resolver: Resolver) -> bytes:
+    """``href`` values starting "/" or "./": a page has thousands (the rest, a few, are
+    `_rewrite_attributes`'s). A constant prefix makes each absolute: to a browser the concatenation means
+    what the reference meant against the base (it removes dot segments itself; "/\\" is a host like
+    "//"). Splitting on the attribute leaves two searches and a comparison per link to Python."""
+    parts = html.split(_LINK)
+    if len(parts) == 1:
+        return html
     origin, directory, scheme = (
-        _escape_attribute(resolver.origin_prefix),
-        _escape_attribute(resolver.directory_prefix),
-        _escape_attribute(resolver.scheme_prefix),
+        _escape_value(resolver.origin_prefix),
+        _escape_value(resolver.directory_prefix),
+        _escape_value(resolver.scheme_prefix),
     )
-    for match in _HREF.finditer(html):
-        at, value_at = match.start(), match.end()
-        last_open, last_close = html.rfind("<", scanned, at), html.rfind(">", scanned, at)
-        if last_open != -1 or last_close != -1:
-            in_tag = last_open > last_close
-        scanned = value_at
-        if not in_tag:
-            continue
-        if html.startswith("./", value_at):
-            prefix, skip = directory, 2
-            while html.startswith("./", value_at + skip):
+    pieces = [parts[0]]
+    append = pieces.append
+    inside = False
+    before = parts[0]
+    for part in itertools.islice(parts, 1, None):
+        # In a tag when the last "<" or ">" before the link is a "<"; no bracket: as before.
+        last_open = before.rfind(b"<")
+        if last_open >= 0:
+            inside = before.find(b">", last_open) < 0
+        elif b">" in before:
+            inside = False
+        before = part
+        append(_LINK)
+        if not inside:
+            append(part)
+        elif part[:1] == b"/":
+            append(scheme if part[1:2] in (b"/", b"\\") else origin)
+            append(part)
+        elif part[:2] == b"./":
+            skip = 2
+            while part.startswith(b"./", skip):
                 skip += 2
-        elif html.startswith(("//", "/\\"), value_at):
-            prefix, skip = scheme, 0
-        elif html.startswith("/", value_at):
-            prefix, skip = origin, 0
+            append(directory)
+            append(part[skip:])
         else:
-            continue
-        pieces += (html[kept:value_at], prefix)
-        kept = value_at + skip
+            append(part)
+    return b"".join(pieces)
+
+
+# Attribute names as lexbor writes them: anything but blanks, "/", ">" and "=".
+_NAME = r"[^\t\n\f\r />=]"
+
+
+def _suspect_style() -> str:
+    """A lookahead, after ``style``, for a value holding one of `sanitize.STYLE_SUSPECTS`: runs of
+    bytes that start none are skipped whole, so a page's many harmless styles cost little."""
+    suspects = "(?i:" + "|".join(re.escape(word.decode()) for word in sanitize.STYLE_SUSPECTS) + ")"
+    initials = {chr(word[0]) for word in sanitize.STYLE_SUSPECTS}
+    others = re.escape("".join(sorted(initials | {c.upper() for c in initials})))
+    return f'(?=="(?:[^"<>{others}]++|(?!{suspects})[^"<>])*+{suspects})'
+
+
+@functools.lru_cache(maxsize=64)
+def _attribute_pattern(names: frozenset[str], *, handlers: bool, namespaced: bool) -> re.Pattern[bytes]:
+    """`` name="value"`` for the attributes in ``names``; also ``on*`` handlers and namespaced
+    ``*:*href`` when asked. ``href`` only with values `_url_attribute` could change (not "/", "./",
+    "#", which are `_absolutize_links`'s and never script URLs, nor plain http(s) URLs); ``style``
+    only with a suspect value."""
+    alternatives = [sanitize.trie_pattern(sorted(names - {"href", "style"}))]
+    if "href" in names:
+        alternatives.append(r'href(?!="(?:/|\./|#|(?i:https?)://[^"\x00-\x20\x7f\\]*"))')
+    if "style" in names:
+        alternatives.append("style" + _suspect_style())
+    if handlers:
+        alternatives.append(f"on{_NAME}*")
+    if namespaced:
+        # xlink:href and its kin (SVG, MathML); "<" is left out of the name so that the match never
+        # hides the start of a tag from `_InTag`.
+        alternatives.append(r'[^\t\n\f\r />="<]*:[^\t\n\f\r />="<]*href')
+    # A look at the first letter first: most blanks in a page are between words.
+    initials = "".join(sorted({name[0] for name in names} | ({"o"} if handlers else set())))
+    guard = f"(?=[{initials}])" if not namespaced else ""
+    return re.compile(f' {guard}({"|".join(alternatives)})="([^"<>]*)"'.encode())
+
+
+def _rewrite_attributes(html: bytes, census: frozenset[str], resolver: Resolver, options: RewriteOptions) -> bytes:
+    """URL attributes (``src``, ``srcset``, the census's rare ones, ``xlink:href``, ``href`` but the
+    commonest), and when sanitising ``on*``, ``ping`` and scripted ``style``: one regular expression
+    pass, with Python work only for the attributes found (a page has a few per image)."""
+    clean = options.sanitize
+    names = {"href", "src", *sanitize.rare_url_attributes(census), *sanitize.SRCSET_ATTRIBUTES}
+    if clean:
+        names |= {"ping", "style"}
+    namespaced = bool(census & {"svg", "math"})
+    search = _attribute_pattern(frozenset(names), handlers=clean, namespaced=namespaced).search
+    raw_text: _RawText | None = None
+    pieces: list[bytes] = []
+    kept = searched = 0  # end of the text copied into `pieces`; end of the text searched for brackets
+    tag = _InTag()
+    match = search(html)
+    while match is not None:
+        at, value_at = match.start(), match.start(2)
+        in_tag = tag.at(html, searched, at)
+        searched = value_at
+        value = match.group(2)
+        # A value starting with a blank may be the next attribute's name (see `_rewrite_serialised`).
+        maybe_name = value.startswith(b" ")
+        resume = value_at if maybe_name else match.end()
+        if in_tag:
+            name = match.group(1).decode("utf-8", "replace")
+            replaced = _attribute(name, value, names, resolver, options)
+            if replaced is _REMOVE:
+                raw_text = raw_text or _RawText(html)
+                if not raw_text.contains(at):
+                    pieces.append(html[kept:at])
+                    kept = resume = match.end()
+            elif isinstance(replaced, bytes) and (not maybe_name or tag.starts_attribute(html, at)):
+                pieces += (html[kept:value_at], replaced)
+                kept = resume = match.end(2)
+        match = search(html, resume)
     if not pieces:
         return html
     pieces.append(html[kept:])
-    return "".join(pieces)
+    return b"".join(pieces)
 
 
-def _escape_attribute(text: str) -> str:
-    return text.replace("&", "&amp;").replace('"', "&quot;")
+def _attribute(
+    name: str, value: bytes, names: set[str], resolver: Resolver, options: RewriteOptions
+) -> bytes | _Remove | None:
+    if name in sanitize.SRCSET_ATTRIBUTES:
+        return _srcset_attribute(name, value, resolver, options)
+    if name == "style":
+        return _REMOVE if sanitize.is_unsafe_style(_unescape_value(value)) else None
+    if options.sanitize and (name == "ping" or (name not in names and name.startswith("on"))):
+        return _REMOVE
+    return _url_attribute(name, value, resolver, options.sanitize, options.absolutize)
 
 
-def _rewrite_url(node: LexborNode, name: str, value: str, resolver: Resolver, clean: bool, absolutize: bool) -> None:
+_ENTITY = re.compile(r"&(amp|quot|lt|gt|nbsp);")
+_ENTITIES = {"amp": "&", "quot": '"', "lt": "<", "gt": ">", "nbsp": "\xa0"}
+
+
+def _unescape_value(raw: bytes) -> str:
+    """A serialised attribute value as the parser holds it (lexbor escapes exactly these five)."""
+    text = raw.decode("utf-8", "replace")
+    return _ENTITY.sub(lambda match: _ENTITIES[match[1]], text) if "&" in text else text
+
+
+def _escape_value(text: str) -> bytes:
+    """``text`` escaped as lexbor escapes an attribute value."""
+    if not text.isascii() or "&" in text or '"' in text or "<" in text or ">" in text:
+        text = text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+        text = text.replace("\xa0", "&nbsp;")
+    return text.encode("utf-8", "replace")
+
+
+def _url_attribute(name: str, raw: bytes, resolver: Resolver, clean: bool, absolutize: bool) -> bytes | _Remove | None:
+    """The new serialised value of URL attribute ``name``: None to keep it, `_REMOVE` to remove it."""
+    value = _unescape_value(raw)
     absolute = resolver.absolute(value) if absolutize else value
     # Whatever a browser resolves to http(s) is no script; anything else gets the real check.
     if clean and not (absolute or "").startswith(("https:", "http:")) and sanitize.is_unsafe_url(name, value):
-        del node.attrs[name]
-    elif absolute is not None and absolute != value:
-        node.attrs[name] = absolute
+        return _REMOVE
+    if absolute is not None and absolute != value:
+        return _escape_value(absolute)
+    return None
 
 
-def _rewrite_srcset(node: LexborNode, name: str, value: str, resolver: Resolver, options: RewriteOptions) -> None:
-    parsed = parse_srcset(value)
+def _srcset_attribute(name: str, raw: bytes, resolver: Resolver, options: RewriteOptions) -> bytes | _Remove | None:
+    parsed = parse_srcset(_unescape_value(raw))
     candidates = parsed
     if options.sanitize:
         candidates = [c for c in candidates if not sanitize.is_unsafe_url(name, c.url)]
         if parsed and not candidates:
-            del node.attrs[name]
-            return
+            return _REMOVE
     if options.absolutize:
         candidates = [Candidate(resolver.absolute(c.url) or c.url, c.descriptor) for c in candidates]
-    if candidates != parsed:
-        node.attrs[name] = serialize_srcset(candidates)
+    return _escape_value(serialize_srcset(candidates)) if candidates != parsed else None

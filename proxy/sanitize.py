@@ -8,8 +8,8 @@ Removed: ``<script>``, ``<iframe>``, ``<embed>``, ``<frame>``/``<frameset>``, ``
 scripts read it, and its content is not reachable for cleaning), ``<portal>``/``<fencedframe>``,
 ``<meta http-equiv=refresh|set-cookie>``, ``<link>`` that fetches or runs something (import, preload,
 prefetch, modulepreload, prerender, preconnect, dns-prefetch, manifest, serviceworker), SVG
-``<animate>``/``<set>`` that could rewrite a link target, ``<param>``; every ``on*`` attribute
-(`strip_event_handlers`, on the serialised page); ``ping``;
+``<animate>``/``<set>`` that could rewrite a link target, ``<param>``, and in SVG/MathML the elements
+whose text the serialiser writes unescaped (``<style>``...); every ``on*`` attribute; ``ping``;
 ``javascript:``/``vbscript:`` URLs anywhere, and ``data:`` URLs except images in image attributes;
 ``style`` attributes that hold script (``expression(``, ``javascript:``, ``-moz-binding``, ``behavior``).
 ``<object>``/``<applet>`` are replaced by their fallback content, which is what a browser shows when it
@@ -19,22 +19,24 @@ cannot run them. ``<form>`` stays: the sandbox blocks submission, and its text i
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from proxy.urls import url_scheme
 
 if TYPE_CHECKING:
-    from selectolax.lexbor import LexborHTMLParser
+    from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 __all__ = [
+    "CENSUS_TAGS",
     "SRCSET_ATTRIBUTES",
-    "SUSPICIOUS_STYLE_SELECTOR",
+    "STYLE_SUSPECTS",
     "is_unsafe_style",
     "is_unsafe_url",
     "rare_url_attributes",
     "remove_unsafe_elements",
-    "strip_event_handlers",
     "tag_census",
+    "trie_pattern",
 ]
 
 SRCSET_ATTRIBUTES = frozenset({"srcset", "data-srcset"})
@@ -46,6 +48,11 @@ _REMOVED_ELEMENTS = (
     "param", "meta", "link", "animate", "set",
 )  # fmt: skip
 _UNWRAPPED_ELEMENTS = ["object", "applet"]
+# lexbor writes the text of these unescaped wherever they are (as the HTML standard's serialiser does),
+# and a browser reads such text as raw text only in HTML: inside SVG or MathML it is markup again, so
+# "<svg><style>&lt;img onerror=...&gt;" would come back to life. Removed there (mutation XSS).
+_RAW_TEXT_ELEMENTS = ("style", "xmp", "noembed", "noframes", "plaintext")
+_FOREIGN_ROOTS = ("svg", "math")
 # Attributes holding one URL, besides href and src (everywhere), data-src (lazy loading) and background
 # (legacy, on anything): they mean something only on some elements, so are looked for only in pages
 # that have those. `resource` and `about` (RDFa) are identifiers, not links: left alone.
@@ -62,14 +69,15 @@ _URL_ATTRIBUTE_TAGS = {
     "manifest": ("html",),
     "icon": ("command", "menuitem"),
 }
-# "!doctype", html, head, body tell a document from a fragment.
-_CENSUS_TAGS = sorted(
-    {"svg", "math", "noscript", "base", "!doctype", "head", "body", *_REMOVED_ELEMENTS, *_UNWRAPPED_ELEMENTS}
+# The tags `tag_census` looks for; "!doctype", html, head, body tell a document from a fragment.
+CENSUS_TAGS = sorted(
+    {"noscript", "base", "!doctype", "head", "body", *_FOREIGN_ROOTS, *_RAW_TEXT_ELEMENTS}
+    | {*_REMOVED_ELEMENTS, *_UNWRAPPED_ELEMENTS}
     | {tag for tags in _URL_ATTRIBUTE_TAGS.values() for tag in tags}
 )
 
 
-def _trie_pattern(words: list[str]) -> str:
+def trie_pattern(words: list[str]) -> str:
     """An alternation of ``words`` factored by common prefixes: the regex engine then tries a few
     branches at each "<" instead of every word."""
     tree: dict[str, Any] = {}
@@ -90,14 +98,10 @@ def _trie_pattern(words: list[str]) -> str:
 
 
 # Run over the lower-cased page: case-insensitive matching is several times slower.
-_CENSUS = re.compile(rb"<(" + _trie_pattern(_CENSUS_TAGS).encode() + rb")(?=[\t\n\f\r />])")
-# Style attributes that could hide script: keywords, and CSS escapes or comments that could hide one.
-SUSPICIOUS_STYLE_SELECTOR = ", ".join(
-    f'[style*="{needle}" i]' for needle in ("expression", "script", "binding", "behavior", "\\\\", "/*")
-)
-# A real attribute value has "<" and ">" escaped; refusing them keeps a stray quote in a comment or
-# <style> from stretching a match over markup.
-_HANDLER = re.compile(r' on[^\t\n\f\r =>]*="[^"<>]*"')
+_CENSUS = re.compile(rb"<(" + trie_pattern(CENSUS_TAGS).encode() + rb")(?=[\t\n\f\r />])")
+# A style attribute holding none of these (in any case) is safe: `is_unsafe_style` looks for keywords
+# containing one, after undoing the CSS escapes and comments that could hide them.
+STYLE_SUSPECTS = (b"expression", b"script", b"binding", b"behavior", b"\\", b"/*")
 _FETCHING_LINK_TYPES = frozenset(
     {
         "import",
@@ -127,27 +131,38 @@ def tag_census(html: bytes) -> frozenset[str]:
     return frozenset(name.decode() for name in set(_CENSUS.findall(html.lower())))
 
 
-def remove_unsafe_elements(tree: LexborHTMLParser, census: frozenset[str]) -> None:
-    """Removes active elements from ``tree`` in place (see the module docstring); ``census`` is the
-    page's `tag_census`."""
+def remove_unsafe_elements(tree: LexborHTMLParser, census: frozenset[str], *, also: Collection[str] = ()) -> None:
+    """Removes active elements from ``tree`` in place (see the module docstring), and the elements
+    named in ``also``; ``census`` is the page's `tag_census`. One selector query for them all: each
+    query walks the whole tree."""
     if census.intersection(_UNWRAPPED_ELEMENTS):
         # Fallback content first, so that an <embed> or <script> inside an <object> is found below.
         tree.unwrap_tags(_UNWRAPPED_ELEMENTS)
-    for name in _REMOVED_ELEMENTS:
-        if name not in census:
-            continue
-        for node in tree.css(name):
-            if name == "meta":
-                active = (node.attributes.get("http-equiv") or "").strip().lower() in _ACTIVE_META
-            elif name == "link":
-                active = not _FETCHING_LINK_TYPES.isdisjoint((node.attributes.get("rel") or "").lower().split())
-            elif name in ("animate", "set"):
-                target = node.attributes.get("attributeName") or node.attributes.get("attributename") or ""
-                active = target.strip().lower() in _ANIMATED_LINK_ATTRIBUTES
-            else:
-                active = True
-            if active:
-                node.decompose()
+    selectors = [name for name in _REMOVED_ELEMENTS if name in census] + list(also)
+    selectors += [
+        f"{root} {name}" for root in _FOREIGN_ROOTS if root in census for name in _RAW_TEXT_ELEMENTS if name in census
+    ]
+    if not selectors:
+        return
+    removed: set[int] = set()
+    # Last first, so that an element inside one removed later is removed before it (a removed element
+    # is freed with everything in it); a query lists an element once per selector it matches.
+    for node in reversed(tree.css(", ".join(selectors))):
+        if node.mem_id not in removed and _is_active(node):
+            removed.add(node.mem_id)
+            node.decompose()
+
+
+def _is_active(node: LexborNode) -> bool:
+    name = node.tag
+    if name == "meta":
+        return (node.attributes.get("http-equiv") or "").strip().lower() in _ACTIVE_META
+    if name == "link":
+        return not _FETCHING_LINK_TYPES.isdisjoint((node.attributes.get("rel") or "").lower().split())
+    if name in ("animate", "set"):
+        target = node.attributes.get("attributeName") or node.attributes.get("attributename") or ""
+        return target.strip().lower() in _ANIMATED_LINK_ATTRIBUTES
+    return True
 
 
 def rare_url_attributes(census: frozenset[str]) -> frozenset[str]:
@@ -158,34 +173,6 @@ def rare_url_attributes(census: frozenset[str]) -> frozenset[str]:
         if census.intersection(tags):
             names.add(name)
     return frozenset(names)
-
-
-def strip_event_handlers(html: str) -> str:
-    """``html`` (as serialised by lexbor) without any ``on*`` attribute.
-
-    Serialised HTML is regular enough to do this on the text, in one linear pass instead of a walk
-    over every element: an attribute is always written ``␣name="value"``, values have ``"``, ``<``
-    and ``>`` escaped, and text has ``<`` and ``>`` escaped. So a match is an attribute exactly when
-    the last ``<`` or ``>`` before it is a ``<``. (Inside <style> or comments, where nothing is
-    escaped, a false match only removes text that looked like a handler.)
-    """
-    pieces: list[str] = []
-    kept = 0  # end of the text already copied into `pieces`
-    scanned = 0  # the region before this has been searched for "<" and ">"
-    in_tag = False
-    for match in _HANDLER.finditer(html):
-        at = match.start()
-        last_open, last_close = html.rfind("<", scanned, at), html.rfind(">", scanned, at)
-        if last_open != -1 or last_close != -1:
-            in_tag = last_open > last_close
-        scanned = match.end()
-        if in_tag:
-            pieces.append(html[kept:at])
-            kept = match.end()
-    if not pieces:
-        return html
-    pieces.append(html[kept:])
-    return "".join(pieces)
 
 
 def is_unsafe_url(attribute: str, value: str) -> bool:

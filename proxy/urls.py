@@ -10,11 +10,13 @@ Two ways to resolve a reference, because they serve different ends:
   resolved with string operations; anything unusual goes through yarl.
 * `Resolver.canonical` gives the URL an image is classified (and cached) under. It is exactly
   ``yarl.URL(base).join(yarl.URL(ref))``, the URL aiohttp will request, so the page proxy, the cache and
-  ``POST /api/v1/classify`` agree on one spelling.
+  ``POST /api/v1/classify`` agree on one spelling. The joins are kept (bounded, least recently used out)
+  across pages: the same images recur on many pages, and the same page is fetched again.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -45,6 +47,9 @@ _SRCSET_URL = re.compile(r"[\t\n\f\r ,]*([^\t\n\f\r ]+)")
 _SRCSET_DESCRIPTORS = re.compile(r"(?:[^,(]|\([^)]*(?:\)|\Z))*")
 _BLANKS = re.compile(r"[\t\n\f\r ]+")
 _DESCRIPTOR = re.compile(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)([wxh])")
+# Candidates "url" or "url descriptor" joined by ", ", with no blank, comma or parenthesis inside either:
+# the HTML standard's parser reads these as the plain split does.
+_PLAIN_SRCSET = re.compile(r"[^\t\n\f\r ,]+(?: [^\t\n\f\r ,()]+)?(?:, [^\t\n\f\r ,]+(?: [^\t\n\f\r ,()]+)?)*")
 
 
 def clean_reference(value: str) -> str:
@@ -84,14 +89,7 @@ class Resolver:
 
     def join(self, ref: str) -> yarl.URL | None:
         """``ref`` resolved with yarl, as aiohttp would; None when yarl cannot parse it."""
-        cleaned = clean_reference(ref)
-        if self._scheme in _HTTP:
-            # The URL standard treats "\" as "/" in http(s) URLs; yarl does not.
-            cleaned = cleaned.replace("\\", "/")
-        try:
-            return self.base.join(yarl.URL(cleaned))
-        except (ValueError, TypeError, UnicodeError):
-            return None
+        return _join(self.base, ref)
 
     def canonical(self, ref: str) -> str | None:
         """The http(s) URL an image reference is classified under (without its fragment), or None for
@@ -100,11 +98,10 @@ class Resolver:
             return self._canonical[ref]
         except KeyError:
             pass
-        result: str | None = None
+        result = None
         if ref.lstrip(_C0_AND_SPACE)[:5].lower() != "data:":  # can be long, and is never classified
-            url = self.join(ref)
-            if url is not None and url.scheme in _HTTP and url.raw_host:
-                result = str(url.with_fragment(None))
+            # Shared by every page: the same images (and the same pages, fetched again) recur.
+            result = _canonical(self.base, ref) if len(ref) <= _SHARED_REF_LENGTH else _join_canonical(self.base, ref)
         self._canonical[ref] = result
         return result
 
@@ -149,6 +146,31 @@ class Resolver:
         return self._directory + value
 
 
+# References longer than this are resolved each time, not kept in the shared cache.
+_SHARED_REF_LENGTH = 2048
+
+
+def _join(base: yarl.URL, ref: str) -> yarl.URL | None:
+    cleaned = clean_reference(ref)
+    if base.scheme in _HTTP:
+        # The URL standard treats "\" as "/" in http(s) URLs; yarl does not.
+        cleaned = cleaned.replace("\\", "/")
+    try:
+        return base.join(yarl.URL(cleaned))
+    except (ValueError, TypeError, UnicodeError):
+        return None
+
+
+def _join_canonical(base: yarl.URL, ref: str) -> str | None:
+    url = _join(base, ref)
+    if url is not None and url.scheme in _HTTP and url.raw_host:
+        return str(url.with_fragment(None))
+    return None
+
+
+_canonical = functools.lru_cache(maxsize=8192)(_join_canonical)
+
+
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One image candidate of a ``srcset`` attribute."""
@@ -159,24 +181,29 @@ class Candidate:
     def size(self) -> tuple[Literal["w", "x"], float] | None:
         """("w", width) or ("x", density); None when the descriptors are invalid (the HTML standard
         then ignores the candidate). A candidate without descriptors is 1x."""
-        if not self.descriptor:
-            return ("x", 1.0)
-        found: dict[str, float] = {}
-        for token in _split_blanks(self.descriptor):
-            match = _DESCRIPTOR.fullmatch(token)
-            if match is None or match.group(2) in found:
-                return None
-            value = float(match.group(1))
-            if value <= 0 or (match.group(2) == "w" and not match.group(1).isdigit()):
-                return None
-            found[match.group(2)] = value
-        if "w" in found and "x" in found:
+        return _size(self.descriptor)
+
+
+@functools.lru_cache(maxsize=1024)  # pages repeat a few descriptors ("1.5x", "2x", "320w") endlessly
+def _size(descriptor: str) -> tuple[Literal["w", "x"], float] | None:
+    if not descriptor:
+        return ("x", 1.0)
+    found: dict[str, float] = {}
+    for token in _split_blanks(descriptor):
+        match = _DESCRIPTOR.fullmatch(token)
+        if match is None or match.group(2) in found:
             return None
-        if "w" in found:
-            return ("w", found["w"])
-        if "h" in found:
-            return None  # a height alone is invalid
-        return ("x", found.get("x", 1.0))
+        value = float(match.group(1))
+        if value <= 0 or (match.group(2) == "w" and not match.group(1).isdigit()):
+            return None
+        found[match.group(2)] = value
+    if "w" in found and "x" in found:
+        return None
+    if "w" in found:
+        return ("w", found["w"])
+    if "h" in found:
+        return None  # a height alone is invalid
+    return ("x", found.get("x", 1.0))
 
 
 def _split_blanks(text: str) -> list[str]:
@@ -191,6 +218,10 @@ def parse_srcset(value: str, limit: int | None = None) -> list[Candidate]:
     no descriptors; descriptors end at a comma outside parentheses) without its validation, so garbage
     yields candidates rather than errors. Linear in ``len(value)``.
     """
+    if _PLAIN_SRCSET.fullmatch(value):
+        # What nearly every page writes ("a.png 1x, b.png 2x"): the same candidates, by splitting.
+        plain = [Candidate(*item.partition(" ")[::2]) for item in value.split(", ", limit or -1)]
+        return plain[:limit] if limit is not None else plain
     candidates: list[Candidate] = []
     position = 0
     end = len(value)

@@ -32,10 +32,11 @@ from selectolax.lexbor import LexborDocumentOptions, LexborHTMLParser, LexborNod
 from classifier.heuristic import SaturationHeuristic
 from proxy.app import create_app
 from proxy.appkeys import SERVICE
+from proxy.page_cache import RenderedPage, RenderedPages
 from proxy.pageimages import INVERT_MARKUP, INVERT_NOT_MARKUP
-from proxy.pages import decode_html
+from proxy.pages import decode_html, page_source
 from proxy.pages_routes import PAGE_CSP, PAGES
-from proxy.rewrite import find_images
+from proxy.rewrite import Page, find_images
 from proxy.settings import Settings
 from proxy.urls import parse_srcset, url_scheme
 from tests.proxy.service_support import IMAGES, PHOTO, SMALL_PNGS, RecordingClassifier, settings
@@ -603,3 +604,34 @@ def test_page_text_is_decoded_by_its_declared_charset() -> None:
     assert decode_html(b'<meta charset="windows-1252"><p>Caf\xe9</p>', None).endswith(text)
     assert decode_html(b"\xef\xbb\xbf" + text.encode(), "iso-8859-1") == text  # a BOM wins
     assert decode_html(b"<p>Caf\xff</p>", "no-such-charset") == "<p>Caf\ufffd</p>"
+
+
+def test_kept_renderings_know_their_urls_through_evictions() -> None:
+    """A page with no kept rendering is parsed while its bytes are hashed: `holds` must be right."""
+    pages = RenderedPages(max_bytes=3000)
+    page = RenderedPage(b"x" * 1000, (), ())
+    pages.put(("u1", "a"), page)
+    pages.put(("u1", "b"), page)
+    pages.put(("u2", "c"), page)
+    pages.put(("u1", "b"), page)  # stored again: the first in line goes, not u1
+    assert pages.holds("u1") and pages.holds("u2") and not pages.holds("u3")
+    pages.put(("u3", "d"), page)  # the least recently used goes: u1's "a", then...
+    pages.put(("u4", "e"), page)  # ...u2's "c"
+    assert pages.holds("u1") and not pages.holds("u2") and pages.holds("u4")
+    assert not RenderedPages(max_bytes=0).holds("u1")
+
+
+def test_utf8_pages_are_parsed_from_their_bytes() -> None:
+    """UTF-8 pages (nearly all) go to the parser as they came, without decoding and encoding again; the
+    parse is the same as the text's, also for bytes that are not UTF-8 (`Page` checks them)."""
+    text = "<p>Café <img src='/a.png'></p>"
+    assert page_source(text.encode(), "utf-8") == text.encode()
+    assert page_source(text.encode(), None) == text.encode()  # UTF-8 unless something says otherwise
+    assert page_source(b"\xef\xbb\xbf" + text.encode(), None) == text.encode()  # BOM dropped
+    assert page_source(text.encode("latin-1"), "iso-8859-1") == text
+    assert page_source(text.encode("utf-16-le"), "utf-16-le") == text
+    url = "https://example.org/dir/page"
+    for body in (text.encode(), b"<p>Caf\xff \xf0\x9f\x98<a href='x\xc3\x00y'>\xed\xa0\x80</a></p>\x00\xc3\x00\xa9"):
+        source = page_source(body, "utf-8")
+        assert isinstance(source, bytes)
+        assert Page(source, url).rewrite({}) == Page(decode_html(body, "utf-8"), url).rewrite({})

@@ -169,6 +169,18 @@ def test_srcset_never_fails_and_reserialises_to_itself(value: str) -> None:
     assert parse_srcset(serialize_srcset(candidates)) == candidates
 
 
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.builds(lambda url, descriptor: url + descriptor,
+                          st.text(alphabet=st.sampled_from(list("ab/.:,()%")), min_size=1, max_size=8),
+                          st.sampled_from(["", " 1x", " 2x", " 1.5x", " 320w", " x", " (1x", " 2x 3x"])),
+                max_size=5).map(", ".join))  # fmt: skip
+def test_plain_srcset_reads_as_the_standard_says(value: str) -> None:
+    """Plain srcset values ("a.png 1x, b.png 2x") are read by splitting; a leading blank makes the
+    general parser read them, which skips it: both must agree."""
+    for limit in (None, 1, 3):
+        assert parse_srcset(value, limit) == parse_srcset(" " + value, limit), value
+
+
 def test_srcset_with_many_candidates_is_linear() -> None:
     value = ", ".join(f"https://example.org/img/{n}.png {n + 1}w" for n in range(20_000))
     started = time.perf_counter()
@@ -258,6 +270,15 @@ def test_canonical_is_yarl_join_without_fragment_for_http_only() -> None:
         Resolver(yarl.URL("/relative/only"))
 
 
+def test_canonical_urls_are_shared_between_pages_of_one_base_only() -> None:
+    first, second = Resolver(yarl.URL("https://a.example/x/")), Resolver(yarl.URL("https://a.example/x/"))
+    other = Resolver(yarl.URL("https://b.example/y/"))
+    for resolver in (first, second, first):
+        assert resolver.canonical("img.png#f") == "https://a.example/x/img.png"
+    assert other.canonical("img.png") == "https://b.example/y/img.png"
+    assert first.canonical("javascript:x") is None and first.canonical("x" * 5000) is not None
+
+
 def test_unsafe_urls_and_styles() -> None:
     for value in ("javascript:alert(1)", " JaVaScRiPt:x", "java\nscript:x", "\x01vbscript:x", "data:text/html,<b>"):
         assert sanitize.is_unsafe_url("href", value), value
@@ -273,12 +294,11 @@ def test_unsafe_urls_and_styles() -> None:
 
 
 def test_event_handlers_are_removed_from_tags_only() -> None:
-    html = parse(
+    html = (
         '<p onclick="a()" title="say onclick=&quot;x&quot;">Text onclick="kept" <b ONMOUSEOVER=x>b</b>'
         "<img src=x onerror=y><svg><a onload='z'>s</a></svg></p><p>more one=\"text\" words</p>"
-    ).html
-    assert html is not None
-    stripped = sanitize.strip_event_handlers(html)
+    )
+    stripped = rewrite_page(html, "https://example.org/", {})
     attributes = [name for node in elements(parse(stripped)) for name in node.attributes]
     assert not [name for name in attributes if name.startswith("on")]
     assert 'Text onclick="kept"' in stripped and 'one="text"' in stripped and "title=" in stripped
@@ -594,6 +614,83 @@ def test_sanitizer_removes_active_content() -> None:
     assert "alert(" not in visible_text(output)
 
 
+HOSTILE_SNIPPETS = [
+    # Removing an attribute must not join text into the end of a comment or of raw text.
+    '<p>a<!-- <x-- onclick="a"><img src=x onerror=alert(1)> --></p>',
+    '<style>p{}</sty src="javascript:1"le><img src=x onerror=alert(2)></style><p>after</p>',
+    # The serialiser writes the text of these unescaped; inside SVG/MathML a browser reads it as markup.
+    "<svg><style>&lt;img src=x onerror=alert(3)&gt;</style></svg>",
+    "<math><mtext><table><mglyph><style><img src=x onerror=alert(4)>",
+    "<svg><xmp>&lt;img src=x onerror=alert(5)&gt;</xmp><noembed>&lt;img src=x onerror=alert(6)&gt;</noembed></svg>",
+    "<svg><noframes>&lt;img src=x onerror=alert(7)&gt;</noframes></svg><math><plaintext>&lt;img onerror=alert(8)&gt;",
+    # A value ending like an attribute ("x src=") must not hide the real attribute after it.
+    '<a title="x src=" onclick="alert(9)" href="javascript:alert(10)">t</a>',
+    '<a title="a href=" onclick="alert(11)">t</a><img alt="x srcset=" onerror="alert(12)" src="/ok.png">',
+    '<p title="a style=" style="x:expression(alert(13))">t</p><a title="a onx=" href="javascript:alert(14)">t</a>',
+    '<a href="javascript:alert(15) href=" title="y">t</a><a href=" javascript:alert(16)">t</a>',
+    # "<!--" in an attribute name is no comment.
+    '<p onmouseov<!--er="alert(17)" title="x" onclick="alert(18)">t</p><!-- -->',
+    "<svg><a xlink:href='javascript:alert(19)'>x</a></svg><a xlink:href='javascript:alert(20)'>y</a>",
+    "<base href='//a<!--b.example/'><a href='/x'>x</a><img src=/i.png onerror=alert(21)>",
+    "<portal><meta http-equiv=refresh content=0><script>alert(22)</script></portal><frameset><frame></frameset>",
+]
+
+
+@pytest.mark.parametrize("html", HOSTILE_SNIPPETS)
+def test_sanitised_pages_read_back_without_active_content(html: str) -> None:
+    """What a browser makes of the output, with scripting on or off: no handlers, script URLs, scripts."""
+    output = rewrite_page(html, "https://example.org/dir/page", {})
+    for scripting in (False, True):
+        tree = LexborHTMLParser(output, options=LexborDocumentOptions.WO_EVENTS, scripting=scripting)
+        assert not tree.css("script, iframe, embed, portal, frame, frameset, meta[http-equiv]"), output
+        for node in elements(tree):
+            for name, value in node.attributes.items():
+                assert not name.startswith("on"), (output, name)
+                if value and (name in URL_ATTRIBUTES or name.endswith("href")):
+                    assert not sanitize.is_unsafe_url(name, value), (output, name, value)
+                if name == "style":
+                    assert not sanitize.is_unsafe_style(value or ""), output
+
+
+def test_comments_and_raw_text_are_left_as_they_are() -> None:
+    html = '<p>a<!-- <a onclick="x()" href="javascript:y"> --><style>p{} <b onclick="z"></style></p>'
+    output = rewrite_page(html, "https://example.org/", {})
+    assert '<!-- <a onclick="x()" href="javascript:y"> -->' in output
+    assert '<style>p{} <b onclick="z"></style>' in output
+
+
+@pytest.mark.parametrize(("path", "url"), list(every_page()))
+def test_links_get_what_the_parsed_value_resolves_to(path: Path, url: str) -> None:
+    """The links rewritten on the page text hold exactly what their parsed values resolve to."""
+    html = path.read_text(encoding="utf-8")
+    before = parse(html)
+    resolver = Resolver(yarl.URL(url))
+    base = before.css_first("base[href]")
+    if base is not None:
+        joined = resolver.join(base.attributes.get("href") or "")
+        if joined is not None and joined.absolute and joined.scheme in ("http", "https"):
+            resolver = Resolver(joined)
+    after = parse(rewrite_page(html, url, {}))
+    pairs = list(zip(before.css("a"), after.css("a"), strict=True))
+    for old, new in pairs:
+        if "href" not in old.attributes:
+            continue
+        value = old.attributes["href"] or ""
+        absolute = resolver.absolute(value)
+        if not (absolute or "").startswith(("https:", "http:")) and sanitize.is_unsafe_url("href", value):
+            assert "href" not in new.attributes, value
+        else:
+            assert (new.attributes["href"] or "") == (value if absolute is None else absolute), value
+
+
+def test_pages_read_as_bytes_or_text_alike() -> None:
+    html, url = fixture("parsoid.html"), FIXTURE_URLS["parsoid.html"]
+    marks = marks_for(find_images(html, url))
+    assert Page(html.encode(), url).render(marks) == Page(html, url).rewrite(marks).encode()
+    broken = b"<p>caf\xe9 \xf0\x9f\x98<img src=/a.png>\xed\xa0\x80\x00\xc3\x00\xa9</p>"
+    assert Page(broken, url).rewrite({}) == Page(broken.decode("utf-8", "replace"), url).rewrite({})
+
+
 def test_sanitizing_can_be_turned_off() -> None:
     html, url = fixture("hostile.html"), FIXTURE_URLS["hostile.html"]
     tree = parse(rewrite_page(html, url, {}, RewriteOptions(sanitize=False)))
@@ -831,3 +928,52 @@ def test_nesting_estimate_is_tight_on_real_pages() -> None:
         estimate = estimate_nesting(html.encode())
         assert real_depth(html) <= estimate.depth * 3 + 8
         assert estimate.depth < 40, name
+
+
+def test_names_holding_nul_never_match() -> None:
+    """The parser reads NUL in a tag name as U+FFFD: "</a\\0c>" closes no "<a\\0b>" (nor "<a>")."""
+    for unit in ("<a\0b></a\0c>", "<span\0></span>", "<x\0y></x>"):
+        html = unit * 5000  # parsing it takes seconds: 5,000 open elements, each end tag walks them all
+        assert estimate_nesting(html.encode()).depth >= 5000, unit
+        with pytest.raises(RewriteError):
+            find_images(html, "https://example.org/")
+
+
+def test_few_tags_need_no_nesting_estimate() -> None:
+    """Depth never exceeds the tag count, so a page with at most sqrt(limit) tags is parsed unchecked,
+    while one more tag makes the estimate decide."""
+    options = RewriteOptions(max_parse_work=100)
+    assert find_images("<div>" * 9 + "<img src=/a.png>", "https://example.org/", options=options)  # 10 tags
+    with pytest.raises(RewriteError) as error:
+        find_images("<div>" * 10 + "<img src=/a.png>", "https://example.org/", options=options)  # 11 tags
+    assert error.value.code == "page_too_complex"
+    flat = "<p>" + "<b>x</b>" * 6 + "<img src=/a.png>"  # 14 tags, but shallow: the estimate lets it through
+    assert find_images(flat, "https://example.org/", options=RewriteOptions(max_parse_work=150))
+
+
+def test_large_pages_with_few_tags_are_estimated_and_pass() -> None:
+    html = "<p>" + "words " * 40_000 + "<img src=/a.png></p>"  # 240 kB, three tags
+    assert estimate_nesting(html.encode()).tags == 3
+    assert len(find_images(html, "https://example.org/")) == 1
+
+
+CENSUS_SOUP = st.lists(
+    st.sampled_from(["<svg>", "<SVG/>", "<svg\0>", "<math", "<!DOCTYPE html>", "<!doctypex>", "<blockquote cite=x>",
+                     "<blockquotex>", "<FencedFrame>", "<plaintext>", "<noscript>", "<base href=x>", "<q>", "</q>",
+                     "<img/>", "<head>", "<body>", "<style>", "<xmp>", "<template>", "<", ">", "x", " ", '"', "<!--"]),
+    max_size=40,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(CENSUS_SOUP)
+def test_nesting_estimate_takes_the_tag_census_too(tokens: list[str]) -> None:
+    """Large pages get their census from the tag names the estimate reads: the same answer."""
+    data = "".join(tokens).encode()
+    assert estimate_nesting(data, names=sanitize.CENSUS_TAGS).names == sanitize.tag_census(data)
+
+
+def test_tag_census_from_the_estimate_on_real_pages() -> None:
+    for name in FIXTURE_URLS:
+        data = fixture(name).encode()
+        assert estimate_nesting(data, names=sanitize.CENSUS_TAGS).names == sanitize.tag_census(data), name
