@@ -35,7 +35,7 @@ import yarl
 from selectolax.lexbor import LexborDocumentOptions, LexborHTMLParser, LexborNode
 
 from proxy import sanitize
-from proxy.nesting import estimate_nesting
+from proxy.nesting import AttributeEstimate, estimate_attributes, estimate_nesting
 from proxy.pageimages import ImageOccurrence, ImageRef, image_ref, is_placeholder, scan_images
 from proxy.urls import Candidate, Resolver, parse_srcset, serialize_srcset
 
@@ -87,6 +87,11 @@ class RewriteOptions:
     # Refuse pages the parser would need more than this many stack steps for (proxy.nesting): about
     # 0.1-0.5 s of parsing at worst, where real pages need well under 10**6. None trusts the input.
     max_parse_work: int | None = 20_000_000
+    # Refuse pages whose tags could hold so many attributes that lexbor's duplicate checks (quadratic in
+    # one tag's attributes, about 2 ns x attributes**2) take over about 50 ms: this bounds the sum over
+    # tags of attributes squared (proxy.nesting). Real pages stay near 3 x 10**6 at most (a Parsoid
+    # reference list whose data-mw holds 1,400 words). None trusts the input.
+    max_attribute_work: int | None = 25_000_000
 
 
 class Page:
@@ -263,9 +268,12 @@ def _utf8(html: str | bytes) -> bytes:
 _COUNT_TAGS_BELOW = 128 * 1024
 
 
-def _check_nesting(data: bytes, limit: int) -> frozenset[str]:
-    """Raises `RewriteError` if parsing ``data`` could take more than ``limit`` steps; returns its census."""
+def _check_nesting(data: bytes, limit: int, attribute_limit: int | None) -> frozenset[str]:
+    """Raises `RewriteError` if parsing ``data`` could take more than ``limit`` steps, or its attributes
+    more than ``attribute_limit``; returns its census."""
     estimate = estimate_nesting(data, names=sanitize.CENSUS_TAGS)
+    if attribute_limit is not None:
+        _check_attributes(estimate.attributes, attribute_limit)
     if estimate.work > limit:
         raise RewriteError(
             "page_too_complex",
@@ -273,6 +281,15 @@ def _check_nesting(data: bytes, limit: int) -> frozenset[str]:
             f"parsing it could take {estimate.work} steps (limit {limit})",
         )
     return estimate.names
+
+
+def _check_attributes(estimate: AttributeEstimate, limit: int) -> None:
+    if estimate.work > limit:
+        raise RewriteError(
+            "page_too_complex",
+            f"page has tags with too many attributes: up to {estimate.most} in one tag; checking them for "
+            f"duplicates could take {estimate.work} steps (limit {limit})",
+        )
 
 
 def _parse(data: bytes, options: RewriteOptions) -> tuple[frozenset[str], LexborHTMLParser]:
@@ -284,7 +301,12 @@ def _parse(data: bytes, options: RewriteOptions) -> tuple[frozenset[str], Lexbor
     # A page with at most sqrt(limit) tags needs no check, and it has at most one tag per byte.
     if limit is not None and len(data) ** 2 > limit:  # noqa: SIM102 (two reasons, two tests)
         if len(data) > _COUNT_TAGS_BELOW or data.count(b"<") ** 2 > limit:
-            census = _check_nesting(data, limit)
+            census = _check_nesting(data, limit, options.max_attribute_work)
+    # Without the nesting estimate, the attributes get their own. A tag holds at most half its bytes in
+    # attributes (each needs a separator and a name), so all of them at most half the page's.
+    attribute_limit = options.max_attribute_work
+    if census is None and attribute_limit is not None and (len(data) // 2) ** 2 > attribute_limit:
+        _check_attributes(estimate_attributes(data), attribute_limit)
     if census is None:
         census = sanitize.tag_census(data)
     # A fragment stays a fragment (no <html><head><body> added), so that a tool can put it back.
