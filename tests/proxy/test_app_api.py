@@ -255,7 +255,7 @@ async def test_real_default_model_answers_every_v1_endpoint(
 
 @pytest.mark.asyncio
 async def test_app_loads_the_model_itself_and_releases_everything(aiohttp_client: Any) -> None:
-    app = create_app(Settings(rate_limit_per_minute=0))
+    app = create_app(Settings(rate_limit_per_minute=0, database_url="sqlite://"))  # in memory: no ./invertornot.db
     client: Client = await aiohttp_client(app)
     health = await (await client.get("/healthz")).json()
     assert health["model"] == read_manifest(DEFAULT_MODEL_DIR).version

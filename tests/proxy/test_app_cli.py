@@ -22,7 +22,12 @@ def free_port() -> int:
 
 def test_serve_starts_on_the_default_model_and_stops_cleanly() -> None:
     port = free_port()
-    env = {**os.environ, "INVERTORNOT_PORT": str(port), "INVERTORNOT_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "INVERTORNOT_PORT": str(port),
+        "INVERTORNOT_LOG_LEVEL": "warning",
+        "INVERTORNOT_DATABASE_URL": "sqlite://",  # in memory: no ./invertornot.db left behind
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy.cli", "serve", "--host", "127.0.0.1", "--access-log"],
         env=env,
