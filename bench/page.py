@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # a script, not a package
 
 import aiohttp  # noqa: E402
 
-from bench.serve import free_port, percentile, wait_until_up  # noqa: E402
+from bench.serve import free_port, percentile, stop_processes, wait_until_up  # noqa: E402
 
 IMAGES = ROOT / "classifier" / "dataset" / "images"
 DOG = ROOT.parent / "shared" / "pages" / "enwiki-Dog.parsoid-page-html.html"
@@ -266,13 +265,7 @@ def main() -> None:
         wait_until_up(f"{api}/healthz", server)
         asyncio.run(measure(api, upstream, max(args.requests, 50), args.cold_runs, server.pid))
     finally:
-        for process in (server, up):
-            process.send_signal(signal.SIGINT)
-        for process in (server, up):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(server, up)
 
 
 if __name__ == "__main__":

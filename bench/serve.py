@@ -34,6 +34,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a script, not a package
@@ -68,6 +69,17 @@ def run_upstream(port: int) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+
+
+def stop_processes(*processes: subprocess.Popen[Any]) -> None:
+    """SIGINT every process (a clean aiohttp shutdown), then wait for each; kill what hangs."""
+    for process in processes:
+        process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def free_port() -> int:
@@ -278,13 +290,7 @@ def main() -> None:
         median_rate = statistics.median(rates)
         print(f"server peak RSS: {peak_rss_mib(server.pid):.0f} MiB; median new-image rate {median_rate:.0f} img/s")
     finally:
-        for process in (server, up):
-            process.send_signal(signal.SIGINT)
-        for process in (server, up):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(server, up)
 
 
 if __name__ == "__main__":

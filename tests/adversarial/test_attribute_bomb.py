@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborHTMLParser
@@ -26,6 +26,7 @@ from classifier.heuristic import SaturationHeuristic
 from proxy.app import create_app
 from proxy.nesting import estimate_attributes, estimate_nesting
 from proxy.rewrite import Page, RewriteError, RewriteOptions
+from tests.proxy.service_support import serving_on_loopback
 from tests.proxy.service_support import settings as service_settings
 
 Client = TestClient[web.Request, web.Application]
@@ -215,12 +216,8 @@ def bomb_upstream() -> web.Application:
 
 @pytest_asyncio.fixture
 async def upstream() -> AsyncIterator[str]:
-    server = TestServer(bomb_upstream(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
+    async with serving_on_loopback(bomb_upstream()) as base:
+        yield base
 
 
 @pytest_asyncio.fixture

@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from selectolax.lexbor import LexborHTMLParser
 
 from classifier.heuristic import SaturationHeuristic
 from proxy.app import create_app
-from tests.proxy.service_support import DIAGRAM, image_bytes, settings
+from tests.proxy.service_support import DIAGRAM, image_bytes, serving_on_loopback, settings
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -96,12 +96,8 @@ def hostile_upstream() -> web.Application:
 
 @pytest_asyncio.fixture
 async def upstream() -> AsyncIterator[str]:
-    server = TestServer(hostile_upstream(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
+    async with serving_on_loopback(hostile_upstream()) as base:
+        yield base
 
 
 @pytest.fixture

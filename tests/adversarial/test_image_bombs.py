@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from classifier.heuristic import SaturationHeuristic
 from proxy.app import create_app
-from tests.proxy.service_support import settings
+from tests.proxy.service_support import serving_on_loopback, settings
 
 Client = TestClient[web.Request, web.Application]
 MAX_GROWTH = 100 * 1024 * 1024
@@ -109,12 +109,8 @@ def bomb_upstream() -> web.Application:
 
 @pytest_asyncio.fixture
 async def upstream() -> AsyncIterator[str]:
-    server = TestServer(bomb_upstream(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        await server.close()
+    async with serving_on_loopback(bomb_upstream()) as base:
+        yield base
 
 
 @pytest_asyncio.fixture

@@ -163,14 +163,21 @@ def upstream_app(hits: Counter[str]) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def running_upstream() -> AsyncIterator[Upstream]:
-    hits: Counter[str] = Counter()
-    server = TestServer(upstream_app(hits), host="127.0.0.1")
+async def serving_on_loopback(app: web.Application) -> AsyncIterator[str]:
+    """Runs `app` on a free port of 127.0.0.1 and yields its base URL."""
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        yield Upstream(f"http://127.0.0.1:{server.port}", hits)
+        yield f"http://127.0.0.1:{server.port}"
     finally:
         await server.close()
+
+
+@contextlib.asynccontextmanager
+async def running_upstream() -> AsyncIterator[Upstream]:
+    hits: Counter[str] = Counter()
+    async with serving_on_loopback(upstream_app(hits)) as base:
+        yield Upstream(base, hits)
 
 
 class RecordingClassifier:
