@@ -7,6 +7,7 @@ Prints images/s for a few ways of spending the cores, the saturation heuristic a
 from __future__ import annotations
 
 import argparse
+import copy as copy_module
 import io
 import os
 import resource
@@ -18,9 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 from PIL import Image
 
 from classifier.dataset import DEFAULT_DATASET_DIR, read_labels
+from classifier.decode import decode_image
+from classifier.features import colour_features
 from classifier.heuristic import SaturationHeuristic
 from classifier.model import InvertModel
 
@@ -80,6 +84,20 @@ def measure(
     return done / (time.perf_counter() - start)
 
 
+def screened_share(model: InvertModel, blobs: list[bytes]) -> float:
+    """The share of `blobs` the model's colour screen answers (the backbone never sees them)."""
+    assert model.screen is not None
+    colours = np.stack([colour_features(decode_image(blob)) for blob in blobs])
+    return float(model.screen.decide(colours)[1].mean())
+
+
+def unscreened(model: InvertModel) -> InvertModel:
+    """The same model with its colour screen switched off: every image goes through the backbone."""
+    copy = copy_module.copy(model)
+    copy.screen = None
+    return copy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="minimum time per measurement")
@@ -94,17 +112,25 @@ def main() -> None:
     for name, blobs in mixes.items():
         baseline = measure(heuristic.classify_bytes, blobs, batch=16, workers=cores, seconds=args.seconds / 2)
         print(f"\n{name}: saturation heuristic (decode + statistics only) {baseline:7.1f} img/s")
+        model = InvertModel.load(args.model, threads=1)
+        if model.screen is not None:
+            print(f"  colour screen answers {screened_share(model, blobs):.0%} of these images without the backbone")
         for label, threads, workers in configurations:
             model = InvertModel.load(args.model, threads=threads)
-            rate = measure(model.classify_bytes, blobs, batch=16, workers=workers, seconds=args.seconds)
-            print(f"  model, batch 16, {label:32s} {rate:7.1f} img/s  ({rate / baseline:.2f}x heuristic)")
+            variants = [("", model)] if model.screen is None else [("", model), (" (no screen)", unscreened(model))]
+            for suffix, variant in variants:
+                rate = measure(variant.classify_bytes, blobs, batch=16, workers=workers, seconds=args.seconds)
+                name_ = f"{label}{suffix}"
+                print(f"  model, batch 16, {name_:44s} {rate:7.1f} img/s  ({rate / baseline:.2f}x heuristic)")
         model = InvertModel.load(args.model, threads=1)
-        cpu_ms = cpu_ms_per_image(model.classify_bytes, blobs, batch=16)
         heuristic_ms = cpu_ms_per_image(heuristic.classify_bytes, blobs, batch=16)
-        print(
-            f"  CPU time per image: model {cpu_ms:.2f} ms, heuristic {heuristic_ms:.2f} ms"
-            f" -> {1000 * cores / cpu_ms:.0f} img/s on {cores} idle cores with full overlap"
-        )
+        variants = [("", model)] if model.screen is None else [("", model), (" (no screen)", unscreened(model))]
+        for suffix, variant in variants:
+            cpu_ms = cpu_ms_per_image(variant.classify_bytes, blobs, batch=16)
+            print(
+                f"  CPU time per image{suffix}: model {cpu_ms:.2f} ms, heuristic {heuristic_ms:.2f} ms"
+                f" -> {1000 * cores / cpu_ms:.0f} img/s on {cores} idle cores with full overlap"
+            )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS {peak:.0f} MiB")
 

@@ -18,6 +18,18 @@ from numpy.typing import NDArray
 _LEAF = -1
 
 
+def float32_floor(values: NDArray[np.float64]) -> NDArray[np.float32]:
+    """The largest float32 at or below each value.
+
+    For a float32 input x, `x <= t` and `x <= float32_floor(t)` always agree, so split thresholds can be
+    stored in half the space without changing a single decision.
+    """
+    rounded = values.astype(np.float32)
+    above = rounded.astype(np.float64) > values
+    rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
+    return rounded
+
+
 @dataclass(frozen=True)
 class PackedForest:
     """All trees' nodes in shared arrays; child indices are global, `roots` holds each tree's first node."""
@@ -45,14 +57,17 @@ class PackedForest:
             is_leaf = tree.children_left == _LEAF
             roots.append(offset)
             features.append(np.where(is_leaf, 0, tree.feature).astype(np.int32))
-            thresholds.append(tree.threshold.astype(np.float64))
+            # Inputs are float32, so float32 thresholds decide exactly alike (see `float32_floor`).
+            thresholds.append(np.where(is_leaf, 0.0, float32_floor(tree.threshold)).astype(np.float64))
             # A leaf points at itself, so walking past it is a no-op and every walk can take max_depth steps.
             own = np.arange(count, dtype=np.int64) + offset
             lefts.append(np.where(is_leaf, own, tree.children_left + offset).astype(np.int32))
             rights.append(np.where(is_leaf, own, tree.children_right + offset).astype(np.int32))
             value = tree.value[:, 0, :]
             totals = value.sum(axis=1)
-            values.append((value[:, 1] / np.where(totals > 0, totals, 1.0)).astype(np.float32))
+            # Only leaves' values are ever read; zeros elsewhere make a fitted forest equal to its saved copy.
+            leaf_p = value[:, 1] / np.where(totals > 0, totals, 1.0)
+            values.append(np.where(is_leaf, leaf_p, 0.0).astype(np.float32))
             max_depth = max(max_depth, int(tree.max_depth))
             offset += count
         return cls(
@@ -81,14 +96,27 @@ class PackedForest:
         return self.p_positive[node].astype(np.float64).mean(axis=1)
 
     def save(self, path: Path) -> None:
+        """Write the compact layout: about 13 bytes a node before compression instead of 24.
+
+        scikit-learn numbers nodes depth first, so an inner node's left child is always the next node
+        and only the right child is stored (tree-local, -1 at leaves); features fit in one or two bytes;
+        thresholds are exact as float32 (see `float32_floor`); full-depth trees have pure leaves, whose
+        probabilities 0 and 1 are stored as bytes.
+        """
+        own = np.arange(self.feature.size, dtype=np.int64)
+        leaf = self.left == own
+        if not np.array_equal(self.left[~leaf], own[~leaf] + 1):
+            raise ValueError("compact layout needs depth-first node order (left child = next node)")
+        tree_start = np.repeat(self.roots.astype(np.int64), np.diff(np.append(self.roots, own.size)))
+        p_leaf = np.where(leaf, self.p_positive, 0.0)
+        pure = bool(np.all((p_leaf == 0.0) | (p_leaf == 1.0)))
         np.savez_compressed(
             path,
             roots=self.roots,
-            feature=self.feature,
-            threshold=self.threshold,
-            left=self.left,
-            right=self.right,
-            p_positive=self.p_positive,
+            feature=self.feature.astype(np.uint8 if self.n_features <= 256 else np.uint16),
+            threshold=float32_floor(self.threshold),
+            right=np.where(leaf, _LEAF, self.right - tree_start).astype(np.int32),
+            p_positive=p_leaf.astype(np.uint8 if pure else np.float32),
             shape=np.asarray([self.n_features, self.max_depth], dtype=np.int64),
         )
 
@@ -96,16 +124,19 @@ class PackedForest:
     def load(cls, path: Path) -> PackedForest:
         with np.load(path, allow_pickle=False) as arrays:
             n_features, max_depth = (int(value) for value in arrays["shape"])
-            forest = cls(
-                roots=arrays["roots"],
-                feature=arrays["feature"],
-                threshold=arrays["threshold"],
-                left=arrays["left"],
-                right=arrays["right"],
-                p_positive=arrays["p_positive"],
-                n_features=n_features,
-                max_depth=max_depth,
-            )
+            if "left" in arrays:  # the original layout (models written before the compact one)
+                forest = cls(
+                    roots=arrays["roots"],
+                    feature=arrays["feature"],
+                    threshold=arrays["threshold"],
+                    left=arrays["left"],
+                    right=arrays["right"],
+                    p_positive=arrays["p_positive"],
+                    n_features=n_features,
+                    max_depth=max_depth,
+                )
+            else:
+                forest = cls._from_compact(arrays, n_features, max_depth, path)
         nodes = forest.feature.size
         for name in ("threshold", "left", "right", "p_positive"):
             if getattr(forest, name).shape != (nodes,):
@@ -113,3 +144,35 @@ class PackedForest:
         if nodes and (forest.left.max() >= nodes or forest.right.max() >= nodes or forest.feature.max() >= n_features):
             raise ValueError(f"{path}: node indices out of range")
         return forest
+
+    @classmethod
+    def _from_compact(cls, arrays: Any, n_features: int, max_depth: int, path: Path) -> PackedForest:
+        roots = arrays["roots"].astype(np.int32)
+        right_local = arrays["right"].astype(np.int64)
+        nodes = right_local.size
+        for name in ("feature", "threshold", "p_positive"):
+            if arrays[name].shape != (nodes,):
+                raise ValueError(f"{path}: array {name!r} does not match the node count {nodes}")
+        if roots.size and (roots[0] != 0 or np.any(np.diff(roots) <= 0) or roots[-1] >= nodes):
+            raise ValueError(f"{path}: tree roots out of order or out of range")
+        own = np.arange(nodes, dtype=np.int64)
+        bounds = np.append(roots, nodes).astype(np.int64)
+        tree_start = np.repeat(bounds[:-1], np.diff(bounds))
+        tree_end = np.repeat(bounds[1:], np.diff(bounds))
+        leaf = right_local == _LEAF
+        right = np.where(leaf, own, right_local + tree_start)
+        left = np.where(leaf, own, own + 1)
+        # Children must lie inside their own tree, after their parent: no cycles, no walking off a tree.
+        inner = ~leaf
+        if np.any(right[inner] <= own[inner] + 1) or np.any(right[inner] >= tree_end[inner]):
+            raise ValueError(f"{path}: node indices out of range")
+        return cls(
+            roots=roots,
+            feature=arrays["feature"].astype(np.int32),
+            threshold=arrays["threshold"].astype(np.float64),
+            left=left.astype(np.int32),
+            right=right.astype(np.int32),
+            p_positive=arrays["p_positive"].astype(np.float32),
+            n_features=n_features,
+            max_depth=max_depth,
+        )

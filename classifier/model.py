@@ -22,6 +22,7 @@ from classifier.backbones import Backbone, BackboneLoadError, BackboneSpecError,
 from classifier.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from classifier.features import FEATURE_NAMES, colour_features
 from classifier.forest import PackedForest
+from classifier.screen import SCREEN_FILE, ColourScreen
 from classifier.verdict import Verdict
 
 MODEL_FORMAT = 1
@@ -54,6 +55,8 @@ class Manifest:
     files: dict[str, str]  # file name -> sha256
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    #: The colour screen's bounds (`{"below", "above", ...}`, see classifier/screen.py); empty: no screen.
+    screen: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -118,11 +121,6 @@ class FeatureExtractor:
         self.backbone = backbone
         self.probe = probe
 
-    def transform(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
-        embeddings = self.embed(images)
-        colours = np.stack([colour_features(image) for image in images])
-        return self.combine(embeddings, colours)
-
     def embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
         size = self.backbone.input_size
         return np.asarray(self.backbone.embed([backbone_input(image, size) for image in images]), dtype=np.float32)
@@ -148,12 +146,14 @@ class InvertModel:
         extractor: FeatureExtractor,
         overrides: dict[str, bool],
         *,
+        screen: ColourScreen | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.manifest = manifest
         self.forest = forest
         self.extractor = extractor
         self.overrides = overrides
+        self.screen = screen
         self.max_pixels = max_pixels
         self._lock = threading.Lock()
 
@@ -191,10 +191,30 @@ class InvertModel:
         )
 
     def p_invert(self, images: Sequence[Image.Image]) -> NDArray[np.float64]:
+        """p_invert per image: the colour screen's where it decides, else the full model's (backbone included)."""
         if not images:
             return np.zeros(0)
-        rows = self.extractor.transform(images)
-        return self.forest.predict_proba(rows)
+        colours = np.stack([colour_features(image) for image in images])
+        p_invert = np.empty(len(images))
+        todo = np.arange(len(images))
+        if self.screen is not None:
+            screen_p, decided = self.screen.decide(colours)
+            p_invert[decided] = screen_p[decided]
+            todo = np.flatnonzero(~decided)
+        if todo.size:
+            embeddings = self.extractor.embed([images[int(index)] for index in todo])
+            p_invert[todo] = self.forest.predict_proba(self.extractor.combine(embeddings, colours[todo]))
+        return p_invert
+
+    def p_invert_from_features(
+        self, embeddings: NDArray[np.float32], colours: NDArray[np.float32]
+    ) -> NDArray[np.float64]:
+        """What `p_invert` gives for images with these precomputed embeddings and colour features."""
+        p_invert = self.forest.predict_proba(self.extractor.combine(embeddings, colours))
+        if self.screen is None:
+            return p_invert
+        screen_p, decided = self.screen.decide(colours)
+        return np.where(decided, screen_p, p_invert)
 
     def predict(self, images: Sequence[Image.Image], sha256s: Sequence[str]) -> list[Verdict]:
         """Verdicts for decoded images; `sha256s` are the hashes of their encoded bytes."""
@@ -243,13 +263,17 @@ class InvertModel:
         if self.extractor.probe is not None:
             self.extractor.probe.save(directory / PROBE_FILE)
             files.append(PROBE_FILE)
+        if self.screen is not None:
+            self.screen.save(directory)
+            files.append(SCREEN_FILE)
         if backbone_onnx is not None:
             target = directory / BACKBONE_ONNX_FILE
             if backbone_onnx.resolve() != target.resolve():
                 target.write_bytes(backbone_onnx.read_bytes())
             files.append(BACKBONE_ONNX_FILE)
         hashes = {name: sha256_hex((directory / name).read_bytes()) for name in sorted(files)}
-        manifest = Manifest(**{**asdict(self.manifest), "files": hashes})
+        screen = {} if self.screen is None else {**self.manifest.screen, **self.screen.to_json()}
+        manifest = Manifest(**{**asdict(self.manifest), "files": hashes, "screen": screen})
         (directory / MANIFEST_FILE).write_text(manifest.to_json())
         self.manifest = manifest
 
@@ -271,9 +295,10 @@ class InvertModel:
             backbone = load_backbone(manifest.backbone, onnx_path=onnx_path, threads=threads)
         except (BackboneLoadError, BackboneSpecError) as error:
             raise ModelError(f"{directory}: cannot load backbone {manifest.backbone!r}: {error}") from error
+        screen = load_screen(directory, manifest)
         check_layout(manifest, backbone.dim, probe, forest)
         overrides = json.loads((directory / OVERRIDES_FILE).read_text())
-        return cls(manifest, forest, FeatureExtractor(backbone, probe), overrides, **options)
+        return cls(manifest, forest, FeatureExtractor(backbone, probe), overrides, screen=screen, **options)
 
 
 def read_manifest(directory: Path) -> Manifest:
@@ -290,6 +315,32 @@ def read_manifest(directory: Path) -> Manifest:
         return Manifest(**raw)
     except TypeError as error:
         raise ModelError(f"{path}: manifest fields do not match this code: {error}") from error
+
+
+def load_screen(directory: Path, manifest: Manifest) -> ColourScreen | None:
+    """The colour screen the manifest names, checked against this code's features and the threshold."""
+    if not manifest.screen:
+        if SCREEN_FILE in manifest.files:
+            raise ModelError(f"{directory}: {SCREEN_FILE} is listed but the manifest gives no screen bounds")
+        return None
+    if SCREEN_FILE not in manifest.files:
+        raise ModelError(f"{directory}: the manifest gives screen bounds but does not list {SCREEN_FILE}")
+    try:
+        screen = ColourScreen.load(directory, manifest.screen)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{directory}: unusable colour screen: {error}") from error
+    if screen.forest.n_features != len(FEATURE_NAMES):
+        raise ModelError(
+            f"{directory}: the colour screen expects {screen.forest.n_features} features; "
+            f"this code computes {len(FEATURE_NAMES)}"
+        )
+    # Outside these bounds a screened answer could contradict `p_invert >= threshold`.
+    if not screen.below < manifest.threshold <= screen.above:
+        raise ModelError(
+            f"{directory}: screen bounds {screen.below} / {screen.above} "
+            f"do not bracket the threshold {manifest.threshold}"
+        )
+    return screen
 
 
 def check_layout(

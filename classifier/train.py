@@ -31,6 +31,7 @@ from classifier.features import FEATURE_NAMES, colour_features
 from classifier.forest import PackedForest
 from classifier.metrics import BinaryMetrics, binary_metrics, threshold_for_false_invert_rate
 from classifier.model import MODEL_FORMAT, FeatureExtractor, InvertModel, LinearProbe, Manifest, sha256_hex
+from classifier.screen import ColourScreen, ScreenBounds, choose_bounds, combine
 from classifier.synthetic import DEFAULT_SEED, SyntheticImage, generate
 
 #: The share of "don't invert" images we accept to invert (a photo turned negative is the worst outcome).
@@ -79,6 +80,15 @@ class TrainingResult:
     cv: BinaryMetrics
     cv_at_half: BinaryMetrics
     n_overrides: int
+    screen: ScreenBounds | None = None
+
+
+@dataclass
+class CrossValidated:
+    """Out-of-fold p_invert of the full model and of the colour screen, from the same package-grouped folds."""
+
+    model_p: NDArray[np.float64]
+    screen_p: NDArray[np.float64]
 
 
 def compute_features(
@@ -199,36 +209,72 @@ def fit_training_rows(
 def grouped_cv_probabilities(
     table: FeatureTable, *, folds: int = CV_FOLDS, seed: int = SEED, extra: FeatureTable | None = None
 ) -> NDArray[np.float64]:
-    """Out-of-fold p_invert for every image, folds split by source package (probe and forest both refit).
+    """Out-of-fold p_invert of the full model for every image, folds split by source package."""
+    return grouped_cv(table, folds=folds, seed=seed, extra=extra, screen=False).model_p
+
+
+def grouped_cv(
+    table: FeatureTable,
+    *,
+    folds: int = CV_FOLDS,
+    seed: int = SEED,
+    extra: FeatureTable | None = None,
+    screen: bool = True,
+) -> CrossValidated:
+    """Out-of-fold p_invert for every image, folds split by source package (probe and forests all refit).
 
     `extra` rows (synthetic) join every training fold and are never scored: the metrics describe real images.
+    With `screen`, the colour-only forest is fit and scored on the same folds (NaN otherwise).
     """
     n_groups = len(set(table.groups.tolist()))
     splitter = StratifiedGroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
-    probabilities = np.zeros(len(table.labels))
+    model_p = np.zeros(len(table.labels))
+    screen_p = np.full(len(table.labels), np.nan)
     for train_index, test_index in splitter.split(table.colours, table.labels, table.groups):
         train_table, test_table = table.subset(train_index), table.subset(test_index)
         rows, labels, probe = fit_training_rows(train_table, extra)
         forest = make_forest(seed).fit(rows, labels)
         test_rows = FeatureExtractor.combine_with(probe, test_table.embeddings, test_table.colours)
-        probabilities[test_index] = forest.predict_proba(test_rows)[:, 1]
-    return probabilities
+        model_p[test_index] = forest.predict_proba(test_rows)[:, 1]
+        if screen:
+            colours, colour_labels = screen_training_rows(train_table, extra)
+            screen_forest = make_forest(seed).fit(colours, colour_labels)
+            screen_p[test_index] = screen_forest.predict_proba(test_table.colours)[:, 1]
+    return CrossValidated(model_p=model_p, screen_p=screen_p)
+
+
+def screen_training_rows(
+    table: FeatureTable, extra: FeatureTable | None = None
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """The colour screen's training rows: the colour features of the real (and synthetic) images."""
+    if extra is None:
+        return table.colours, table.labels
+    return np.vstack([table.colours, extra.colours]), np.concatenate([table.labels, extra.labels])
 
 
 def pin_leftovers(model: InvertModel, table: FeatureTable) -> dict[str, bool]:
     """Exact-hash overrides for the training images the fitted model still gets wrong."""
-    rows = FeatureExtractor.combine_with(model.extractor.probe, table.embeddings, table.colours)
-    p_invert = model.forest.predict_proba(rows)
+    p_invert = model.p_invert_from_features(table.embeddings, table.colours)
     wrong = (p_invert >= model.threshold) != (table.labels == 1)
     return {table.sha256s[i]: bool(table.labels[i]) for i in np.flatnonzero(wrong)}
 
 
-def model_version(backbone_spec: str, forest: PackedForest, threshold: float, overrides: dict[str, bool]) -> str:
+def model_version(
+    backbone_spec: str,
+    forest: PackedForest,
+    threshold: float,
+    overrides: dict[str, bool],
+    screen: ColourScreen | None = None,
+) -> str:
     """A version that changes whenever anything that can change an answer changes."""
     digest = hashlib.sha256()
-    for array in (forest.feature, forest.threshold, forest.left, forest.right, forest.p_positive):
-        digest.update(np.ascontiguousarray(array).tobytes())
+    forests = [forest] if screen is None else [forest, screen.forest]
+    for packed in forests:
+        for array in (packed.feature, packed.threshold, packed.left, packed.right, packed.p_positive):
+            digest.update(np.ascontiguousarray(array).tobytes())
     digest.update(f"{backbone_spec}|{threshold:.6f}|{sorted(overrides.items())}".encode())
+    if screen is not None:
+        digest.update(f"|screen {screen.below:.6f} {screen.above:.6f}".encode())
     return f"{spec_slug(backbone_spec)}-{digest.hexdigest()[:10]}"
 
 
@@ -249,8 +295,13 @@ def train(
     false_invert_target: float = FALSE_INVERT_TARGET,
     table: FeatureTable | None = None,
     synthetic_per_kind: int = SYNTHETIC_PER_KIND,
+    screen: bool = True,
 ) -> TrainingResult:
-    """Train on `images` (plus generated images, see `classifier/synthetic.py`) and write `out_dir`."""
+    """Train on `images` (plus generated images, see `classifier/synthetic.py`) and write `out_dir`.
+
+    With `screen` (the default) a colour-only forest answers the images whose colours decide (see
+    `classifier/screen.py`); the reported cross-validation metrics are those of the whole cascade.
+    """
     spec = parse_spec(backbone_spec)
     with tempfile.TemporaryDirectory() as scratch:
         onnx_path: Path | None = None
@@ -263,14 +314,23 @@ def train(
             table = compute_features(images, backbone, progress=progress)
 
         extra = synthetic_features(backbone, synthetic_per_kind)
-        oof = grouped_cv_probabilities(table, extra=extra)
-        threshold = threshold_for_false_invert_rate(oof, table.labels, false_invert_target)
+        folds = grouped_cv(table, extra=extra, screen=screen)
+        threshold = threshold_for_false_invert_rate(folds.model_p, table.labels, false_invert_target)
+        bounds: ScreenBounds | None = None
+        oof = folds.model_p
+        if screen:
+            bounds = choose_bounds(folds.screen_p, folds.model_p, threshold)
+            oof = combine(folds.screen_p, folds.model_p, bounds)
         cv = binary_metrics(oof, table.labels, threshold)
         cv_at_half = binary_metrics(oof, table.labels, 0.5)
 
         rows, labels, probe = fit_training_rows(table, extra)
         forest = make_forest().fit(rows, labels)
         packed = PackedForest.from_sklearn(forest)
+        colour_screen: ColourScreen | None = None
+        if bounds is not None:
+            screen_forest = make_forest().fit(*screen_training_rows(table, extra))
+            colour_screen = ColourScreen(PackedForest.from_sklearn(screen_forest), bounds.below, bounds.above)
         manifest = Manifest(
             format=MODEL_FORMAT,
             version="unversioned",
@@ -286,14 +346,17 @@ def train(
             files={},
             metrics={"grouped_cv": cv.to_json(), "grouped_cv_at_0.5": cv_at_half.to_json()},
             training=training_info(table, extra),
+            screen={}
+            if bounds is None
+            else {"cv_decided_share": round(bounds.decided_share, 4), "cv_changed_verdicts": bounds.changed},
         )
-        model = InvertModel(manifest, packed, FeatureExtractor(backbone, probe), {})
+        model = InvertModel(manifest, packed, FeatureExtractor(backbone, probe), {}, screen=colour_screen)
         overrides = pin_leftovers(model, table)
         model.overrides = overrides
-        version = model_version(backbone_spec, packed, manifest.threshold, overrides)
+        version = model_version(backbone_spec, packed, manifest.threshold, overrides, colour_screen)
         model.manifest = Manifest(**{**manifest.__dict__, "version": version})
         model.save(out_dir, backbone_onnx=onnx_path)
-    return TrainingResult(model=model, cv=cv, cv_at_half=cv_at_half, n_overrides=len(overrides))
+    return TrainingResult(model=model, cv=cv, cv_at_half=cv_at_half, n_overrides=len(overrides), screen=bounds)
 
 
 def training_info(table: FeatureTable, extra: FeatureTable | None = None) -> dict[str, Any]:
@@ -306,5 +369,6 @@ def training_info(table: FeatureTable, extra: FeatureTable | None = None) -> dic
         "cv": f"StratifiedGroupKFold({CV_FOLDS}) by source_package, seed {SEED}",
         "forest": f"ExtraTreesClassifier({N_TREES} trees, full depth, balanced classes)",
         "embedding_inputs": f"linear probe (LogisticRegression C={PROBE_C}, out-of-fold by package)",
+        "screen": "colour-only ExtraTreesClassifier (same settings); bounds from package-grouped CV",
         "false_invert_target": FALSE_INVERT_TARGET,
     }

@@ -111,13 +111,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     backbone = args.backbone or TRAINING_BACKBONE
     print(f"training on {len(images)} labelled images with backbone {backbone}", file=sys.stderr)
     with _progress_bar(len(images), "embedding") as bar:
-        result = train(images, backbone_spec=backbone, out_dir=args.out, progress=bar.update)
+        result = train(images, backbone_spec=backbone, out_dir=args.out, progress=bar.update, screen=not args.no_screen)
     cv, half = result.cv, result.cv_at_half
+    screen = result.screen
+    screen_line = (
+        "colour screen: off\n"
+        if screen is None
+        else f"colour screen: p <= {screen.below:.2f} or >= {screen.above:.2f} skips the backbone "
+        f"({screen.decided_share:.0%} of CV images; {screen.changed} CV verdict(s) changed)\n"
+    )
     print(
         f"package-grouped 5-fold CV at threshold {cv.threshold:.3f}: accuracy {cv.accuracy:.3f}, "
         f"false-invert rate {cv.false_invert_rate:.3f}, missed-invert rate {cv.missed_invert_rate:.3f}, "
         f"AUC {cv.auc or 0:.3f}\n"
         f"  (at threshold 0.5: accuracy {half.accuracy:.3f}, false-invert rate {half.false_invert_rate:.3f})\n"
+        f"{screen_line}"
         f"training set fit: 100% ({result.n_overrides} image(s) pinned by exact hash)\n"
         f"wrote model {result.model.version} to {args.out}"
     )
@@ -279,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone",
         default=None,
         help="effnet-lite0[@SIZE] or clip:ARCH@PRETRAINED (default: effnet-lite0@128, the shipped model's)",
+    )
+    train.add_argument(
+        "--no-screen",
+        action="store_true",
+        help="no colour screen: run the backbone for every image (slower; same verdicts on CV)",
     )
     _add_database_arguments(train, required=False)
     train.set_defaults(handler=cmd_train)

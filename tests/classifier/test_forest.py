@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
-from classifier.forest import PackedForest
+from classifier.forest import PackedForest, float32_floor
 
 
 @pytest.mark.parametrize("forest_class", [RandomForestClassifier, ExtraTreesClassifier])
@@ -29,10 +29,69 @@ def test_packed_forest_rejects_wrong_width():
         PackedForest.from_sklearn(forest).predict_proba(np.zeros((2, 5), dtype=np.float32))
 
 
-def test_packed_forest_load_rejects_out_of_range_nodes(tmp_path):
+def _fitted(n_estimators: int = 3) -> PackedForest:
     rows = np.eye(4, dtype=np.float32)
-    packed = PackedForest.from_sklearn(RandomForestClassifier(n_estimators=3, random_state=0).fit(rows, [0, 1, 0, 1]))
-    packed.left[0] = 10_000
-    packed.save(tmp_path / "bad.npz")
+    forest = RandomForestClassifier(n_estimators=n_estimators, random_state=0).fit(rows, [0, 1, 0, 1])
+    return PackedForest.from_sklearn(forest)
+
+
+def _rewrite(path, **changes) -> None:
+    with np.load(path) as arrays:
+        contents = {name: arrays[name] for name in arrays.files}
+    contents.update(changes)
+    np.savez_compressed(path, **contents)
+
+
+@pytest.mark.parametrize("right", [10_000, 0, 1])  # past the tree, a cycle back to the root, the left child
+def test_packed_forest_load_rejects_out_of_range_nodes(tmp_path, right):
+    _fitted().save(tmp_path / "bad.npz")
+    with np.load(tmp_path / "bad.npz") as arrays:
+        broken = arrays["right"].copy()
+    assert broken[0] != -1, "the first tree's root must be an inner node for this check"
+    broken[0] = right
+    _rewrite(tmp_path / "bad.npz", right=broken)
     with pytest.raises(ValueError, match="out of range"):
         PackedForest.load(tmp_path / "bad.npz")
+
+
+def test_packed_forest_load_rejects_mismatched_arrays(tmp_path):
+    _fitted().save(tmp_path / "bad.npz")
+    _rewrite(tmp_path / "bad.npz", threshold=np.zeros(2, dtype=np.float32))
+    with pytest.raises(ValueError, match="node count"):
+        PackedForest.load(tmp_path / "bad.npz")
+
+
+def test_float32_thresholds_decide_exactly_like_float64():
+    rng = np.random.default_rng(1)
+    inputs = rng.normal(size=20_000).astype(np.float32)
+    # Thresholds halfway between neighbouring float32 values: the case where plain rounding would flip.
+    neighbours = np.nextafter(inputs, np.float32(np.inf))
+    thresholds = (inputs.astype(np.float64) + neighbours.astype(np.float64)) / 2
+    stored = float32_floor(thresholds)
+    for probe in (inputs, neighbours):
+        np.testing.assert_array_equal(probe <= thresholds, probe <= stored)
+    assert np.all(stored.astype(np.float64) <= thresholds)
+
+
+def test_compact_file_is_smaller_and_predicts_the_same(tmp_path):
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(2000, 30)).astype(np.float32)
+    labels = (rows[:, 0] + rng.normal(scale=0.7, size=2000) > 0).astype(int)
+    forest = ExtraTreesClassifier(n_estimators=30, random_state=0).fit(rows, labels)
+    packed = PackedForest.from_sklearn(forest)
+    packed.save(tmp_path / "compact.npz")
+    np.savez_compressed(  # the original layout, as models written before the compact one have it
+        tmp_path / "original.npz",
+        roots=packed.roots,
+        feature=packed.feature,
+        threshold=packed.threshold,
+        left=packed.left,
+        right=packed.right,
+        p_positive=packed.p_positive,
+        shape=np.asarray([packed.n_features, packed.max_depth]),
+    )
+    assert (tmp_path / "compact.npz").stat().st_size < 0.7 * (tmp_path / "original.npz").stat().st_size
+    queries = rng.normal(size=(500, 30)).astype(np.float32)
+    expected = forest.predict_proba(queries)[:, 1]
+    for name in ("compact.npz", "original.npz"):
+        np.testing.assert_allclose(PackedForest.load(tmp_path / name).predict_proba(queries), expected, atol=1e-6)
