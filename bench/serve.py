@@ -46,10 +46,10 @@ URLS_PER_REQUEST = 10
 # -- the upstream (runs in its own process: `serve.py --upstream PORT`) --------------------------------------
 
 
-def run_upstream(port: int) -> None:
+def run_upstream(port: int, images: Path = IMAGES) -> None:
     from aiohttp import web
 
-    files = sorted(IMAGES.iterdir())
+    files = sorted(path for path in images.iterdir() if path.suffix in (".png", ".jpg"))
     blobs = [path.read_bytes() for path in files]
 
     async def image(request: web.Request) -> web.Response:
@@ -113,12 +113,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-def reference_throughput(seconds: float) -> float:
-    """bench/classify.py's "1 caller, ORT on all cores" figure: in-process batches of 32, dataset mix."""
+def reference_throughput(seconds: float, images: Path = IMAGES) -> float:
+    """bench/classify.py's "1 caller, ORT on all cores" figure: in-process batches of 32, same images."""
     from classifier.model import InvertModel
 
     model = InvertModel.load()
-    blobs = [path.read_bytes() for path in sorted(IMAGES.iterdir())]
+    blobs = [path.read_bytes() for path in sorted(images.iterdir()) if path.suffix in (".png", ".jpg")]
     model.classify_bytes(blobs[:32])
     done, started = 0, time.perf_counter()
     for start in itertools.cycle(range(0, len(blobs) - 32, 32)):
@@ -230,23 +230,31 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32, help="connections for cached lookups")
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp client even if wrk is installed")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `invertornot serve` flag")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=IMAGES,
+        help="folder of PNG/JPEG images to serve as new images (default: the dataset, which the shipped model "
+        "was fit to; its colour screen answers nearly all of them, so use a folder of unseen images to see "
+        "the speed on images the model has never seen)",
+    )
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)  # internal: run the upstream only
     args = parser.parse_args()
     if args.upstream:
-        run_upstream(args.upstream)
+        run_upstream(args.upstream, args.images)
         return
     use_wrk = shutil.which("wrk") is not None and not args.no_wrk
     print(
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; lookups by {'wrk' if use_wrk else 'aiohttp'}"
     )
 
-    reference = reference_throughput(args.seconds)
+    reference = reference_throughput(args.seconds, args.images)
     print(f"reference: classify_bytes in-process, batches of 32: {reference:.0f} img/s")
 
     upstream_port, api_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{upstream_port}"
     api = f"http://127.0.0.1:{api_port}"
-    up = subprocess.Popen([sys.executable, __file__, "--upstream", str(upstream_port)])
+    up = subprocess.Popen([sys.executable, __file__, "--upstream", str(upstream_port), "--images", str(args.images)])
     server_cmd = [
         sys.executable, "-m", "proxy.cli", "serve", "--port", str(api_port), "--allow-private-networks",
         "--rate-limit-per-minute", "0", "--log-level", "warning", *args.server_arg,

@@ -156,6 +156,7 @@ class InvertModel:
         self.screen = screen
         self.max_pixels = max_pixels
         self._lock = threading.Lock()
+        self._answered = {"screen": 0, "backbone": 0}
 
     @property
     def version(self) -> str:
@@ -204,7 +205,15 @@ class InvertModel:
         if todo.size:
             embeddings = self.extractor.embed([images[int(index)] for index in todo])
             p_invert[todo] = self.forest.predict_proba(self.extractor.combine(embeddings, colours[todo]))
+        with self._lock:  # batches run on several threads
+            self._answered["screen"] += len(images) - int(todo.size)
+            self._answered["backbone"] += int(todo.size)
         return p_invert
+
+    def answered_by(self) -> dict[str, int]:
+        """How many images (overrides aside) this model answered with its colour screen / with the backbone."""
+        with self._lock:
+            return dict(self._answered)
 
     def p_invert_from_features(
         self, embeddings: NDArray[np.float32], colours: NDArray[np.float32]

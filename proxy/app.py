@@ -117,6 +117,13 @@ async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
 
+def _answered_by(classifier: ImageClassifier) -> list[tuple[tuple[str, ...], float]]:
+    # Only InvertModel has stages; the heuristic fallback reports none. A swapped-in model starts at zero.
+    current = getattr(classifier, "current", classifier)
+    answered = getattr(current, "answered_by", None)
+    return [] if answered is None else [((stage,), float(count)) for stage, count in sorted(answered().items())]
+
+
 async def _classifier_ctx(app: web.Application, *, given: ImageClassifier | None) -> AsyncIterator[None]:
     # Swappable: a model reload replaces what it holds, so everyone holding it (the batcher, the service,
     # /healthz) moves to the new model at once.
@@ -188,6 +195,15 @@ async def _service_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     metrics.add(
         Gauge("invertornot_queued_images", "Images waiting for the classifier.", lambda: [((), batcher.queued)])
+    )
+    metrics.add(
+        Gauge(
+            "invertornot_model_images",
+            "Images the serving model answered since it was loaded, by stage: its colour screen alone, or the "
+            "full model with the backbone.",
+            partial(_answered_by, classifier),
+            ("stage",),
+        )
     )
     app[SERVICE] = service
     app[OPENAPI] = openapi_document(settings, classifier.version)

@@ -226,6 +226,7 @@ async def test_health_metrics_and_cors(make_client: MakeClient, upstream: Upstre
     assert 'invertornot_upstream_fetch_errors_total{code="not_found"} 1' in text
     assert 'invertornot_http_request_duration_seconds_bucket{route="/api/v1/classify",le="+Inf"} 3' in text
     assert 'invertornot_cache_entries{cache="url"} 1' in text
+    assert "invertornot_model_images{" not in text  # the heuristic has no stages
 
     preflight = await client.options(
         "/api/url", headers={"Origin": "https://gwern.net", "Access-Control-Request-Method": "POST"}
@@ -251,6 +252,14 @@ async def test_real_default_model_answers_every_v1_endpoint(
     assert (await raw.json())["invert"] is True
     by_hash = await client.get(f"/api/v1/verdicts/{photo['sha256']}")
     assert (await by_hash.json())["invert"] is False
+
+    # Which stage answered: the model's counters, exposed as they are at scrape time.
+    counts = default_model.answered_by()  # type: ignore[attr-defined]
+    text = await (await client.get("/metrics")).text()
+    assert set(counts) == {"screen", "backbone"}
+    for stage, count in counts.items():
+        assert f'invertornot_model_images{{stage="{stage}"}} {count}' in text
+    assert sum(counts.values()) >= 4  # the two direct answers above and the service's two
 
 
 @pytest.mark.asyncio
