@@ -9,6 +9,7 @@ scikit-learn's per-tree Python overhead (about 0.1 ms a tree, 30 ms for a 300-tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +83,59 @@ class PackedForest:
         )
 
     def predict_proba(self, features: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
-        """Probability of class 1 for each row, equal to scikit-learn's `predict_proba(X)[:, 1]`."""
+        """Probability of class 1 for each row, equal to scikit-learn's `predict_proba(X)[:, 1]`.
+
+        All (row, tree) walks advance together one level per step, and a walk leaves the working set as
+        soon as it reaches its leaf, so a step costs what the unfinished walks need. Each node's threshold
+        and right child sit side by side in one 8-byte word (the left child is the next node), so a step
+        makes one random memory access per walk for them: the forests are tens of MB, and cache misses,
+        not arithmetic, are what a step costs.
+        """
         rows = np.asarray(features, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.n_features:
             raise ValueError(f"expected an (n, {self.n_features}) array, got {rows.shape}")
+        layout = self._walk_layout
+        n_rows, n_trees = rows.shape[0], self.roots.size
+        if layout is None:  # not depth-first (never from scikit-learn): the plain fixed-depth walk
+            return self._predict_fixed_depth(rows)
+        packed, features_u = layout
+        values = np.ascontiguousarray(rows).ravel()
+        node = np.tile(self.roots.astype(np.int64), n_rows)
+        offset = np.repeat(np.arange(n_rows, dtype=np.int64) * self.n_features, n_trees)
+        slot = np.arange(n_rows * n_trees)
+        leaf_of = np.empty(n_rows * n_trees, dtype=np.int64)
+        while node.size:
+            words = packed[node]
+            right = (words >> 32).astype(np.int32)
+            at_leaf = right == _LEAF
+            if at_leaf.any():
+                leaf_of[slot[at_leaf]] = node[at_leaf]
+                walking = ~at_leaf
+                node, offset, slot, words, right = (
+                    node[walking],
+                    offset[walking],
+                    slot[walking],
+                    words[walking],
+                    right[walking],
+                )
+            # float32 thresholds rounded down decide float32 inputs exactly as scikit-learn's float64 ones.
+            threshold = (words & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+            goes_left = values[offset + features_u[node]] <= threshold
+            node = np.where(goes_left, node + 1, right)
+        return self.p_positive[leaf_of].reshape(n_rows, n_trees).astype(np.float64).mean(axis=1)
+
+    @cached_property
+    def _walk_layout(self) -> tuple[NDArray[Any], NDArray[Any]] | None:
+        own = np.arange(self.feature.size, dtype=np.int64)
+        leaf = self.left == own
+        if not np.array_equal(self.left[~leaf], own[~leaf] + 1):
+            return None
+        threshold_bits = float32_floor(self.threshold).view(np.uint32).astype(np.uint64)
+        right = np.where(leaf, _LEAF, self.right).astype(np.int32).view(np.uint32).astype(np.uint64)
+        features_u = self.feature.astype(np.uint8 if self.n_features <= 256 else np.uint16)
+        return (right << np.uint64(32)) | threshold_bits, features_u
+
+    def _predict_fixed_depth(self, rows: NDArray[np.float32]) -> NDArray[np.float64]:
         # scikit-learn compares float32 inputs against float64 thresholds; do the same for equal results.
         rows64 = rows.astype(np.float64)
         node = np.broadcast_to(self.roots, (rows.shape[0], self.roots.size)).copy()

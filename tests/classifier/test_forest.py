@@ -95,3 +95,19 @@ def test_compact_file_is_smaller_and_predicts_the_same(tmp_path):
     expected = forest.predict_proba(queries)[:, 1]
     for name in ("compact.npz", "original.npz"):
         np.testing.assert_allclose(PackedForest.load(tmp_path / name).predict_proba(queries), expected, atol=1e-6)
+
+
+def test_early_exit_walk_equals_the_fixed_depth_walk():
+    # Bootstrapped trees on four rows: some trees are a single leaf, others split once or twice.
+    tiny = _fitted(n_estimators=20)
+    assert np.any(tiny.left[tiny.roots] == tiny.roots), "the check needs trees that are only a leaf"
+    queries = np.random.default_rng(3).normal(size=(50, 4)).astype(np.float32)
+    np.testing.assert_array_equal(tiny.predict_proba(queries), tiny._predict_fixed_depth(queries))
+
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(1500, 20)).astype(np.float32)
+    labels = (rows[:, 1] * rows[:, 2] + rng.normal(scale=0.3, size=1500) > 0).astype(int)
+    packed = PackedForest.from_sklearn(ExtraTreesClassifier(n_estimators=25, random_state=0).fit(rows, labels))
+    for batch in (1, 7, 64):
+        queries = rng.normal(size=(batch, 20)).astype(np.float32)
+        np.testing.assert_array_equal(packed.predict_proba(queries), packed._predict_fixed_depth(queries))
