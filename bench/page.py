@@ -19,7 +19,13 @@ Requests are sequential, one at a time, so each figure is one request's latency.
 repository root:
 
     .venv/bin/python bench/page.py [--requests 60] [--cold-runs 3] [--classifier model|heuristic]
-        [--server-arg=--page-concurrency=16 ...]
+        [--server-arg=--page-concurrency=16 ...] [--server-env NAME=VALUE ...]
+
+The server's "page faults/request" line tells how often the kernel had to hand memory back to the server
+process: glibc returns freed megabyte blocks (a parsed page's tree, its text) to the kernel, and on a VM
+each page of them costs microseconds to fault in again on the next request. ``--server-env
+MALLOC_TRIM_THRESHOLD_=67108864 --server-env MALLOC_MMAP_THRESHOLD_=33554432`` shows what keeping them costs
+and saves.
 """
 
 from __future__ import annotations
@@ -174,11 +180,22 @@ async def timed_get(
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (Linux /proc; 0 where there is none)."""
+    fields = _proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def page_faults(pid: int) -> int:
+    """Minor page faults of a process so far (Linux /proc; 0 where there is none)."""
+    fields = _proc_stat(pid)
+    return int(fields[7]) if fields else 0
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: the 3rd (state) comes first."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return []
 
 
 async def measure(api: str, upstream: str, requests: int, cold_runs: int, server_pid: int) -> None:
@@ -193,17 +210,19 @@ async def measure(api: str, upstream: str, requests: int, cold_runs: int, server
         print(f"Dog page, first request (every image new): {elapsed:.0f} ms; {headers['X-InvertOrNot-Images']}")
         for label, changing in (("parsed and rewritten each time", True), ("kept rendering reused", False)):
             latencies = []
-            cpu_before = cpu_seconds(server_pid)
+            cpu_before, faults_before = cpu_seconds(server_pid), page_faults(server_pid)
             for n in range(requests):
                 page = {**params, "url": f"{dog}?v={n}"} if changing else params
                 elapsed, status, headers = await timed_get(session, f"{api}/api/v1/page", page)
                 assert status == 200 and "classified=0" in headers["X-InvertOrNot-Images"], headers
                 latencies.append(elapsed)
             cpu = (cpu_seconds(server_pid) - cpu_before) / requests * 1000
+            faults = (page_faults(server_pid) - faults_before) / requests
             print(
                 f"Dog page, every verdict cached, {label}, {requests} requests: "
                 f"p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms, "
-                f"min {min(latencies):.1f} ms; server CPU {cpu:.1f} ms/request  [{headers['X-InvertOrNot-Images']}]"
+                f"min {min(latencies):.1f} ms; server CPU {cpu:.1f} ms/request, page faults {faults:.0f}/request  "
+                f"[{headers['X-InvertOrNot-Images']}]"
             )
 
         for n in COLD_SIZES:
@@ -223,6 +242,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=60, help="requests for the cached page (at least 50)")
     parser.add_argument("--cold-runs", type=int, default=3, help="cold pages per image count")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `invertornot serve` flag")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for the server process, e.g. MALLOC_TRIM_THRESHOLD_=67108864",
+    )
     parser.add_argument(
         "--classifier",
         choices=("model", "heuristic"),
@@ -258,8 +284,10 @@ def main() -> None:
     ]  # fmt: skip
     if args.classifier == "heuristic":
         server_cmd = [sys.executable, __file__, "--heuristic-server", str(api_port)]
-    print(f"classifier: {args.classifier}")
-    server = subprocess.Popen(server_cmd, cwd=ROOT)
+    environment = f"; server environment: {' '.join(args.server_env)}" if args.server_env else ""
+    print(f"classifier: {args.classifier}{environment}")
+    server_env = {**os.environ, **dict(item.partition("=")[::2] for item in args.server_env)}
+    server = subprocess.Popen(server_cmd, cwd=ROOT, env=server_env)
     try:
         wait_until_up(f"{upstream}/ping", up)
         wait_until_up(f"{api}/healthz", server)

@@ -59,7 +59,6 @@ SNIFFED_MIME = {
     "SVG": "image/svg+xml",
 }
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_CHUNK_BYTES = 64 * 1024
 # RFC 9110 token characters; anything else in a media type means the header is garbage.
 _MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+/[!#$%&'*+.^_`|~0-9a-z-]+")
 _HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -360,10 +359,14 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     """Read the (decompressed) body, stopping as soon as it passes `max_bytes`."""
     if resp.content_length is not None and resp.content_length > max_bytes:
         raise PayloadTooLarge(f"upstream body is {resp.content_length} bytes, over the {max_bytes} limit")
-    body = bytearray()
-    # `resp.content` yields decoded bytes, so a small gzip body that inflates hugely is stopped here.
-    async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
-        body += chunk
-        if len(body) > max_bytes:
+    chunks: list[bytes] = []
+    size = 0
+    # `resp.content` yields decoded bytes, so a small gzip body that inflates hugely is stopped here. The
+    # chunks are taken as they arrive (no re-slicing) and joined once: a page is copied once, not three
+    # times (growing a bytearray, then freezing it).
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
             raise PayloadTooLarge(f"upstream body exceeds the {max_bytes} byte limit")
-    return bytes(body)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -87,15 +87,26 @@ class ImageOccurrence:
 
 
 def scan_images(
-    tree: LexborHTMLParser, resolver: Resolver, *, ours: tuple[str, str], collect_urls: bool
+    tree: LexborHTMLParser,
+    resolver: Resolver,
+    *,
+    ours: tuple[str, str],
+    collect_urls: bool,
+    also: str = "",
+    also_found: list[LexborNode] | None = None,
 ) -> Iterator[ImageOccurrence]:
     """Image occurrences in document order, lazily (callers can stop early). ``ours`` are the invert
     and invert-not class names the rewriter writes: on an element it marked (``data-invertornot``)
     they are its own earlier verdict, anywhere else manual markup. With ``collect_urls`` each
-    occurrence lists all its URLs, which costs a URL join per candidate."""
+    occurrence lists all its URLs, which costs a URL join per candidate.
+
+    ``also``: a selector list for elements someone else needs (the sanitiser), found by the same walk
+    of the tree (each walk of a large page costs about as much as a selector query). When the scan
+    starts, ``also_found`` receives a superset of them in document order: every element found that is
+    not an <img>."""
     manual = _ManualMarkup(ours)
     paired: set[int] = set()  # placeholders already reported with the <noscript><img> before them
-    for node in manual.images_and_candidates(tree):
+    for node in manual.images_and_candidates(tree, also, also_found):
         if node.mem_id in paired:
             continue
         if node.tag == "img":
@@ -245,15 +256,21 @@ class _ManualMarkup:
                 self._needles.append(name)
         self._candidates: set[int] | None = None  # None: read every element
 
-    def images_and_candidates(self, tree: LexborHTMLParser) -> list[LexborNode]:
+    def images_and_candidates(
+        self, tree: LexborHTMLParser, also: str = "", also_found: list[LexborNode] | None = None
+    ) -> list[LexborNode]:
         """The page's images and placeholders, in document order. The same selector query (each walks
-        the whole tree) finds the elements that may carry markup."""
+        the whole tree) finds the elements that may carry markup, and those of ``also`` (see
+        `scan_images`)."""
         markup = [*(f'[class*="{_css_string(needle)}"]' for needle in self._needles), "[data-class]"]
+        extra = f", {also}" if also else ""
         nodes = None
         if all(self._needles):  # (an empty class name would be in every class)
             with contextlib.suppress(SelectolaxError):  # a class name lexbor's selectors cannot express
-                nodes = tree.css(f"{_IMAGE_SELECTOR}, {', '.join(markup)}")
+                nodes = tree.css(f"{_IMAGE_SELECTOR}, {', '.join(markup)}{extra}")
         if nodes is None:
+            if also and also_found is not None:
+                also_found += tree.css(also)
             return tree.css(_IMAGE_SELECTOR)  # and every element is read for markup
         images: list[LexborNode] = []
         self._candidates = set()
@@ -262,7 +279,14 @@ class _ManualMarkup:
             if identity in self._candidates:
                 continue  # listed once per selector it matches
             self._candidates.add(identity)
-            if node.tag == "img" or node.css_matches(_PLACEHOLDER_SELECTOR):
+            if node.tag == "img":
+                images.append(node)
+                continue
+            if also_found is not None:
+                also_found.append(node)
+            # A placeholder's class names one of PLACEHOLDER_CLASSES (in any case, in quirks mode): only
+            # those are worth the selector match (the other elements found are usually many more).
+            if "placeholder" in (node.attrs.get("class") or "").lower() and node.css_matches(_PLACEHOLDER_SELECTOR):
                 images.append(node)
         return images
 

@@ -23,6 +23,7 @@ become plain ``<img>`` (nothing else would ever load them) and ``<noscript>`` is
 
 from __future__ import annotations
 
+import codecs
 import copy
 import functools
 import itertools
@@ -113,6 +114,10 @@ class Page:
         self._pending: Iterator[ImageOccurrence] | None = None
         self._seen: list[ImageOccurrence] = []
         self._rewritten = False
+        # Every URL is made absolute; a <base> would only mislead "#" links.
+        self._bases = ("base",) if self.options.absolutize and "base" in self._census else ()
+        # Candidates for the sanitiser, found by the image scan's walk of the tree (`_occurrences`).
+        self._unsafe: list[LexborNode] | None = None
 
     def images(self, *, max_images: int | None = None) -> list[ImageRef]:
         """Every image in document order, one `ImageRef` per classification URL. With ``max_images``
@@ -148,13 +153,11 @@ class Page:
             if mark is not None:
                 for element in elements:
                     _apply_mark(element, mark, options)
-        census = self._census
+        census, bases = self._census, self._bases
         if options.eager_images and "noscript" in census:
             tree.unwrap_tags(["noscript"])
-        # Every URL is made absolute; a <base> would only mislead "#" links.
-        bases = ("base",) if options.absolutize and "base" in census else ()
         if options.sanitize:
-            sanitize.remove_unsafe_elements(tree, census, also=bases)
+            sanitize.remove_unsafe_elements(tree, census, also=bases, found=self._unsafe)
         elif bases:
             for base in tree.css("base"):
                 base.decompose()
@@ -168,7 +171,14 @@ class Page:
         resolved only if `images` asked first (a URL join per srcset candidate)."""
         if self._pending is None and not self._seen:
             ours = (self.options.invert_class, self.options.invert_not_class)
-            self._pending = scan_images(self._tree, self._resolver, ours=ours, collect_urls=collect_urls)
+            also = ""
+            if self.options.sanitize:
+                # The elements the sanitiser removes are found by the same walk of the tree.
+                also = ", ".join(sanitize.unsafe_selectors(self._census, self._bases))
+                self._unsafe = []
+            self._pending = scan_images(
+                self._tree, self._resolver, ours=ours, collect_urls=collect_urls, also=also, also_found=self._unsafe
+            )
         yield from self._seen
         if self._pending is None:
             return
@@ -255,11 +265,29 @@ def _utf8(html: str | bytes) -> bytes:
     and the nesting check must see what the parser will."""
     if isinstance(html, str):
         return html.encode("utf-8", "surrogatepass")  # lexbor makes lone surrogates U+FFFD
+    return html if _is_utf8(html) else html.decode("utf-8", "replace").encode("utf-8")
+
+
+# Bytes checked at a time by `_is_utf8`.
+_UTF8_SLICE = 64 * 1024
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8 (what ``data.decode("utf-8")`` accepts), decoded a slice at a time:
+    the text of a whole page (two bytes a character once one is not ASCII) is a fresh allocation of
+    megabytes, whose pages the kernel has to fault in again on every request, which costs several
+    times the decoding; slices reuse the same small buffers."""
+    if data.isascii():
+        return True
+    view, size, position = memoryview(data), len(data), 0
     try:
-        html.decode("utf-8")  # checks it, faster than decoding and encoding again
+        while position < size:
+            end = position + _UTF8_SLICE
+            # Not final: a sequence cut by the slice's end is left for the next slice (and counted there).
+            position += codecs.utf_8_decode(view[position:end], "strict", end >= size)[1]
     except UnicodeDecodeError:
-        return html.decode("utf-8", "replace").encode("utf-8")
-    return html
+        return False
+    return True
 
 
 # Up to this size a page's tags are counted before its nesting is estimated: a page with few tags needs
@@ -525,6 +553,8 @@ def _absolutize_links(html: bytes, resolver: Resolver) -> bytes:
         _escape_value(resolver.directory_prefix),
         _escape_value(resolver.scheme_prefix),
     )
+    # The separator goes with the prefix that follows it: one piece for both.
+    to_origin, to_directory, to_scheme = _LINK + origin, _LINK + directory, _LINK + scheme
     pieces = [parts[0]]
     append = pieces.append
     inside = False
@@ -537,19 +567,20 @@ def _absolutize_links(html: bytes, resolver: Resolver) -> bytes:
         elif b">" in before:
             inside = False
         before = part
-        append(_LINK)
         if not inside:
+            append(_LINK)
             append(part)
-        elif part[:1] == b"/":
-            append(scheme if part[1:2] in (b"/", b"\\") else origin)
-            append(part)
-        elif part[:2] == b"./":
+        elif part.startswith(b"./"):
             skip = 2
             while part.startswith(b"./", skip):
                 skip += 2
-            append(directory)
+            append(to_directory)
             append(part[skip:])
+        elif part.startswith(b"/"):
+            append(to_scheme if part.startswith((b"/", b"\\"), 1) else to_origin)
+            append(part)
         else:
+            append(_LINK)
             append(part)
     return b"".join(pieces)
 
@@ -584,9 +615,11 @@ def _attribute_pattern(names: frozenset[str], *, handlers: bool, namespaced: boo
         # xlink:href and its kin (SVG, MathML); "<" is left out of the name so that the match never
         # hides the start of a tag from `_InTag`.
         alternatives.append(r'[^\t\n\f\r />="<]*:[^\t\n\f\r />="<]*href')
-    # A look at the first letter first: most blanks in a page are between words.
-    initials = "".join(sorted({name[0] for name in names} | ({"o"} if handlers else set())))
-    guard = f"(?=[{initials}])" if not namespaced else ""
+    # A look at the first two letters first: most blanks in a page are between words, and a test of two
+    # character sets is much cheaper than trying the alternatives (every name has two letters or more).
+    initials = sorted({name[0] for name in names} | ({"o"} if handlers else set()))
+    seconds = sorted({name[1] for name in names} | ({"n"} if handlers else set()))
+    guard = f"(?=[{re.escape(''.join(initials))}][{re.escape(''.join(seconds))}])" if not namespaced else ""
     return re.compile(f' {guard}({"|".join(alternatives)})="([^"<>]*)"'.encode())
 
 

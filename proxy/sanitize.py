@@ -19,7 +19,7 @@ cannot run them. ``<form>`` stays: the sandbox blocks submission, and its text i
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from proxy.urls import url_scheme
@@ -37,6 +37,7 @@ __all__ = [
     "remove_unsafe_elements",
     "tag_census",
     "trie_pattern",
+    "unsafe_selectors",
 ]
 
 SRCSET_ATTRIBUTES = frozenset({"srcset", "data-srcset"})
@@ -131,26 +132,61 @@ def tag_census(html: bytes) -> frozenset[str]:
     return frozenset(name.decode() for name in set(_CENSUS.findall(html.lower())))
 
 
-def remove_unsafe_elements(tree: LexborHTMLParser, census: frozenset[str], *, also: Collection[str] = ()) -> None:
-    """Removes active elements from ``tree`` in place (see the module docstring), and the elements
-    named in ``also``; ``census`` is the page's `tag_census`. One selector query for them all: each
-    query walks the whole tree."""
-    if census.intersection(_UNWRAPPED_ELEMENTS):
-        # Fallback content first, so that an <embed> or <script> inside an <object> is found below.
-        tree.unwrap_tags(_UNWRAPPED_ELEMENTS)
+def unsafe_selectors(census: frozenset[str], also: Collection[str] = ()) -> list[str]:
+    """The selectors `remove_unsafe_elements` queries for a page with this `tag_census` (empty: the page
+    has no active element), plus the element names in ``also``."""
     selectors = [name for name in _REMOVED_ELEMENTS if name in census] + list(also)
     selectors += [
         f"{root} {name}" for root in _FOREIGN_ROOTS if root in census for name in _RAW_TEXT_ELEMENTS if name in census
     ]
+    return selectors
+
+
+def remove_unsafe_elements(
+    tree: LexborHTMLParser,
+    census: frozenset[str],
+    *,
+    also: Collection[str] = (),
+    found: Sequence[LexborNode] | None = None,
+) -> None:
+    """Removes active elements from ``tree`` in place (see the module docstring), and the elements
+    named in ``also``; ``census`` is the page's `tag_census`. One selector query for them all: each
+    query walks the whole tree.
+
+    ``found``: the elements a walk of the tree found earlier for `unsafe_selectors` (a superset, in
+    document order, such as what one larger query found, see `proxy.pageimages.scan_images`): then no
+    query is made, and those that match are removed."""
+    if census.intersection(_UNWRAPPED_ELEMENTS):
+        # Fallback content first, so that an <embed> or <script> inside an <object> is found below.
+        tree.unwrap_tags(_UNWRAPPED_ELEMENTS)
+    selectors = unsafe_selectors(census, also)
     if not selectors:
         return
+    nodes = tree.css(", ".join(selectors)) if found is None else _matching(found, census, also)
     removed: set[int] = set()
     # Last first, so that an element inside one removed later is removed before it (a removed element
     # is freed with everything in it); a query lists an element once per selector it matches.
-    for node in reversed(tree.css(", ".join(selectors))):
+    for node in reversed(nodes):
         if node.mem_id not in removed and _is_active(node):
             removed.add(node.mem_id)
             node.decompose()
+
+
+def _matching(nodes: Sequence[LexborNode], census: frozenset[str], also: Collection[str]) -> list[LexborNode]:
+    """Those of ``nodes`` that `unsafe_selectors` select: by name (what a type selector compares), and
+    for raw-text elements by the selector itself (it asks for an SVG/MathML ancestor)."""
+    names = {name for name in _REMOVED_ELEMENTS if name in census} | set(also)
+    raw_text = [name for name in _RAW_TEXT_ELEMENTS if name in census]
+    foreign = ", ".join(f"{root} {name}" for root in _FOREIGN_ROOTS if root in census for name in raw_text)
+    chosen = []
+    for node in nodes:
+        # One that left the tree since (a lazy placeholder made eager is unwrapped) is removed all the
+        # same: that changes nothing (lexbor frees no node before the document), and tells no
+        # fragment's top-level element (which has no parent either) from it.
+        name = node.tag
+        if name in names or (foreign and name in raw_text and node.css_matches(foreign)):
+            chosen.append(node)
+    return chosen
 
 
 def _is_active(node: LexborNode) -> bool:

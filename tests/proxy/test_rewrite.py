@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from selectolax.lexbor import LexborDocumentOptions, LexborHTMLParser, LexborNode
 
+from proxy import rewrite as rewrite_module
 from proxy import sanitize
-from proxy.nesting import estimate_nesting
+from proxy.nesting import estimate_attributes, estimate_nesting
 from proxy.rewrite import (
     ImageRef,
     Mark,
@@ -633,6 +634,16 @@ HOSTILE_SNIPPETS = [
     "<svg><a xlink:href='javascript:alert(19)'>x</a></svg><a xlink:href='javascript:alert(20)'>y</a>",
     "<base href='//a<!--b.example/'><a href='/x'>x</a><img src=/i.png onerror=alert(21)>",
     "<portal><meta http-equiv=refresh content=0><script>alert(22)</script></portal><frameset><frame></frameset>",
+    # Active elements dressed as lazy placeholders: made eager (unwrapped), and still removed. The
+    # sanitiser's elements are found by the image scan's walk of the tree, before any of that.
+    '<meta class="pcs-lazy-load-placeholder" http-equiv="refresh" content="0;url=javascript:alert(23)" '
+    'data-src="/a.png">',
+    '<iframe class="lazy-image-placeholder" data-src="/b.png" src="javascript:alert(24)">x</iframe><p>t</p>',
+    '<noscript><img src="/c.png"></noscript>'
+    '<script class="lazy-image-placeholder" data-src="/d.png">alert(25)</script>',
+    '<svg class="pcs-lazy-load-placeholder" data-src="/e.png"><style>&lt;img src=x onerror=alert(26)&gt;</style></svg>',
+    '<object data="x.swf"><span class="pcs-lazy-load-placeholder" data-src="/f.png"><embed src="javascript:alert(27)">'
+    "</span></object>",
 ]
 
 
@@ -650,6 +661,20 @@ def test_sanitised_pages_read_back_without_active_content(html: str) -> None:
                     assert not sanitize.is_unsafe_url(name, value), (output, name, value)
                 if name == "style":
                     assert not sanitize.is_unsafe_style(value or ""), output
+
+
+@pytest.mark.parametrize(("path", "url"), list(every_page()))
+def test_elements_found_by_the_image_walk_are_removed_as_a_query_would(path: Path, url: str) -> None:
+    """`remove_unsafe_elements` given what a larger query found (the image scan's) removes what its own
+    query would: the same page comes out."""
+    html = path.read_text(encoding="utf-8")
+    census = sanitize.tag_census(html.encode())
+    selectors = sanitize.unsafe_selectors(census, ("base",))
+    queried, given = parse(html), parse(html)
+    sanitize.remove_unsafe_elements(queried, census, also=("base",))
+    found = given.css(", ".join(["img", "[class]", *selectors])) if selectors else []
+    sanitize.remove_unsafe_elements(given, census, also=("base",), found=found)
+    assert given.html == queried.html
 
 
 def test_comments_and_raw_text_are_left_as_they_are() -> None:
@@ -681,6 +706,21 @@ def test_links_get_what_the_parsed_value_resolves_to(path: Path, url: str) -> No
             assert "href" not in new.attributes, value
         else:
             assert (new.attributes["href"] or "") == (value if absolute is None else absolute), value
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.one_of(st.binary(max_size=48), st.text(max_size=24).map(lambda text: text.encode("utf-8", "surrogatepass"))))
+def test_utf8_is_checked_in_slices_as_decode_would(data: bytes) -> None:
+    """Slices cut multi-byte sequences anywhere: the check still agrees with decoding the whole."""
+    try:
+        data.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rewrite_module, "_UTF8_SLICE", 5)
+        assert rewrite_module._is_utf8(data) == valid
+        assert rewrite_module._utf8(data) == (data if valid else data.decode("utf-8", "replace").encode())
 
 
 def test_pages_read_as_bytes_or_text_alike() -> None:
@@ -787,6 +827,25 @@ def test_deep_nesting_is_refused_quickly() -> None:
         assert error.value.code == "page_too_complex", label
         # Refused after a linear check (~0.2 s); parsing them would take 20 s or more.
         assert time.perf_counter() - started < 10, label
+
+
+@pytest.mark.parametrize("name", ["body", "html", "BoDy"])
+def test_attributes_merged_by_repeated_html_or_body_tags_are_counted_together(name: str) -> None:
+    """The tree builder adds the attributes of every later <body> (or <html>) tag to the first one's
+    element, checking each against those already there: 800 such tags of 25 attributes take lexbor
+    seconds (the duplicate checks grow with the square of all of them), in a 150 KB page."""
+    tag = "<" + name + " " + " ".join(f"a{{}}_{i}" for i in range(25)) + ">"
+    html = "".join(tag.format(*[n] * 25) for n in range(800)).encode()
+    assert estimate_attributes(html).work >= (800 * 25) ** 2
+    assert estimate_nesting(html).attributes == estimate_attributes(html)
+    started = time.perf_counter()
+    with pytest.raises(RewriteError, match="attributes") as error:
+        Page(html, "https://example.org/")
+    assert error.value.code == "page_too_complex"
+    assert time.perf_counter() - started < 1  # a linear pre-pass, not the parse
+    # The same attributes on <span> tags, which merge nothing, count tag by tag.
+    spread = html.replace(f"<{name} ".encode(), b"<span ")
+    assert estimate_attributes(spread).work == 800 * 25**2
 
 
 def test_trusted_input_skips_the_nesting_check() -> None:
