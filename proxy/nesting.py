@@ -39,6 +39,7 @@ for `proxy.sanitize.tag_census`.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from collections.abc import Collection
@@ -137,6 +138,15 @@ _UNCOUNTED = _NameSet(
     "rb", "rt", "rtc", "rp",
 )  # fmt: skip
 _WEIGHTS = {_NameSet("table"): 4, _NameSet("select"): 3}
+# Formatting elements (see `_clone_work`), and the start tags after which an end tag may leave one in the
+# list of active formatting elements: markers (applet... th), scope boundaries (table; MathML/SVG ones
+# need an <svg> or <math> first), and modes that ignore end tags (select, frameset, template contents).
+_FORMATTING = _NameSet("a", "b", "big", "code", "em", "font", "i", "nobr", "s", "small", "strike", "strong", "tt", "u")
+_SHIELDS = _NameSet(
+    "applet", "caption", "marquee", "object", "template", "td", "th", "table", "select", "svg", "math", "frameset",
+)  # fmt: skip
+_A, _NOBR = _name_word("a"), _name_word("nobr")
+_NAME_A, _NAME_NOBR = _NameSet("a"), _NameSet("nobr")
 _SCRIPT = _name_word("script")
 _PLAINTEXT = (_name_word("plaintex"), _name_word("t"))
 
@@ -215,13 +225,18 @@ def estimate_nesting(data: bytes, *, names: Collection[str] = ()) -> NestingEsti
         return NestingEstimate(_IMPLIED_DEPTH, 0, present)  # no tag, so no attribute either
     specials = _Specials(buf, special, kind)
     gts = special[specials.gt_index]
-    attributes = _estimate_attributes(buf, special, specials, token_special[_which(tokens.start | tokens.end)])
+    tags = _which(tokens.start | tokens.end)
+    attributes, per_tag = _estimate_attributes(buf, special, specials, token_special[tags])
     in_tag = _inside_tag(token_special, specials)
     foreign_from = _first(at[_which(tokens.start & tokens.named(_FOREIGN))], default=raw.size)
     # In a <select> or a <frameset> the tree builder ignores <style>, <title>... so their content is
     # markup after all; from the first of those on, raw text is only possibly text.
     raw_text_from = _first(at[_which(tokens.start & tokens.named(_IGNORES_RAW_TEXT))], default=raw.size)
     ignored, uncertain = _regions(data, tokens, gts, in_tag, min(foreign_from, raw_text_from))
+    attribute_count = np.zeros(at.size, dtype=np.int64)
+    attribute_count[tags] = per_tag
+    clones = _clone_work(tokens, attribute_count, ignored, tokens.whole & ~in_tag & ~uncertain & ~ignored)
+    attributes = AttributeEstimate(attributes.most, attributes.work + clones)
 
     void = tokens.named(_VOID)
     # In SVG/MathML any tag that does not break out of it nests: <option>, <td>... are counted there.
@@ -589,6 +604,212 @@ def _matched(tokens: _Tokens, opens: Bools, closes: Bools, weight: Ints) -> Ints
     return delta
 
 
+# Formatting elements (<a>, <b>, <font>...) stay in the tree builder's "list of active formatting elements"
+# after they are closed implicitly (by </p>, say), and every later text or start tag "reconstructs" them:
+# clones each that is no longer open, with all its attributes, into the tree. So one <b> with 4,000
+# attributes before 10,000 "</p><p>y" (100 KB) builds 10,000 clones of it (17 s; at 5 MB memory runs
+# out). The adoption agency (run by a formatting end tag, and by <a> or <nobr> while one is listed) clones
+# them too, up to 8 times per entry. `_clone_work` follows the list over the formatting tags only (a
+# Python loop, a few thousand steps on a large page), with the attribute count of each entry's tag.
+_ADOPTION_CLONES = 8  # the adoption agency's outer loop: each entry cloned at most once per iteration
+# A clone costs lexbor some 0.2 to 0.4 us per attribute (copied, not checked: linear) and as much for the
+# element itself, over 100 times the 2 ns a unit of attribute work stands for: 500 <b a=N> before 800
+# "</p><p>x" (11 KB) take 0.17 s to parse. A clone counts its attributes squared (what the tree holds)
+# plus this much per attribute and per element.
+_CLONE_COST = 64
+# Start tags that pop nothing from the stack of open elements (phrasing elements and formatting ones but
+# <a> and <nobr>, which may run the adoption agency), and those of them that are not void: these nest.
+_INLINE = _NameSet(
+    "span", "sup", "sub", "abbr", "cite", "dfn", "kbd", "mark", "q", "samp", "var", "time", "data", "label",
+    "bdi", "bdo", "ins", "del",
+)  # fmt: skip
+_INLINE_VOID = _NameSet("img", "br", "wbr")
+# Start tags that reconstruct nothing (blocks: the text after them does). Any other token may reconstruct
+# once, after it (the text that follows), and start tags once more, before they insert their element.
+_BLOCKS = _NameSet(
+    "address", "article", "aside", "center", "details", "dialog", "dir", "div", "dl", "fieldset", "footer",
+    "header", "hgroup", "main", "menu", "nav", "ol", "p", "section", "summary", "ul", "h1", "h2", "h3", "h4",
+    "h5", "h6", "pre", "listing", "form", "li", "dd", "dt", "table", "hr", "tr", "td", "th", "tbody", "thead",
+)  # fmt: skip
+
+
+def _clone_work(tokens: _Tokens, attribute_count: Ints, ignored: Bools, certain: Bools) -> int:
+    """An upper bound of the sum, over the clones of formatting elements the tree builder makes, of
+    their attributes squared, plus `_CLONE_COST` per attribute and per clone.
+
+    Entries enter the list at every formatting start tag that may be real (outside certain text-only
+    regions; the "Noah's Ark" limit of three equal entries is ignored, which only over-counts). An entry
+    leaves it only where the tree builder certainly removes it:
+
+    * a certain end tag of its name, when the entry is the latest of that name, no start tag that may
+      shield it came since (a marker hides it from the end tag, a <table> puts it out of scope, a
+      <select> or <svg> makes end tags ignored or foreign), and fewer than 8 other elements started since
+      (with 8 "special" elements open inside it, the adoption agency gives up and leaves a clone listed);
+    * an <a> start tag removes the latest <a> entry, under the same shield condition.
+
+    An entry is cloned only while it is not open. It certainly still is while every token since its
+    start tag pops nothing below it: text, comments, start tags of `_INLINE` elements and formatting
+    ones (but <a>, <nobr>), and end tags matching one of those started since (a well-nested pair: the
+    end tag pops down to that element, which lies above the entry). From the first other token on, each
+    token may reconstruct it (twice for start tags but blocks'); the adoption agency may clone every entry
+    8 times.
+    """
+    formatting = tokens.whole & tokens.named(_FORMATTING) & ~ignored
+    is_event = formatting & (tokens.start | tokens.end)
+    if not is_event.any():
+        return 0
+    # Reconstructions up to each token: one after every token, one more at start tags but blocks' (and at
+    # "</br>", which the tree builder takes for "<br>").
+    weights = 1 + ((tokens.start & ~tokens.named(_BLOCKS)) | (tokens.end & tokens.named(_INLINE_VOID))).view(np.int8)
+    reconstructions = np.concatenate([[0], np.cumsum(weights, dtype=np.int64)])  # before each token
+    until, partner = _opened_until(tokens, formatting, ignored, certain)
+    # Most formatting elements close where they opened: "<b>x</b>", a start and an end tag of its name that
+    # pair up (`_opened_until`) with only tokens between that leave it open (so no shield, no "special"
+    # element, no end tag of something opened before it), and fewer than 3 formatting start tags (so the
+    # "Noah's Ark" clause cannot unlist it): the end tag's adoption agency finds it open, with nothing to
+    # clone, and unlists it. Such a pair is never cloned and makes no other entry cloned: it leaves the
+    # loop, but for the adoption agency an <a> or <nobr> start tag runs while one is listed: those
+    # ("adopting") are looked at while one is.
+    ends = np.flatnonzero(tokens.end & formatting & certain & (partner >= 0))
+    opener: Ints = partner[ends]
+    starts_before = _running_count(tokens.start & formatting)
+    quiet = (until[opener] > ends) & (starts_before[ends - 1] - starts_before[opener] <= 2)
+    ends, opener = ends[_which(quiet)], opener[_which(quiet)]
+    is_event[ends] = False
+    is_event[opener] = False
+    adopting = np.sort(opener[_which(tokens.named(_NAME_A)[opener] | tokens.named(_NAME_NOBR)[opener])])
+    events = np.flatnonzero(is_event)
+    until = until[events].tolist()
+    live = tokens.start & ~ignored
+    shield_count = _running_count(live & tokens.named(_SHIELDS))
+    shields = shield_count[events].tolist()
+    # "Special" elements that may open inside an entry (the adoption agency's furthest block): any start
+    # tag but formatting, void (never open outside SVG/MathML, where <svg> shields anyway) and phrasing ones.
+    inner = _running_count(live & ~formatting & ~tokens.named(_VOID) & ~tokens.named(_INLINE))[events].tolist()
+    # An entry: [cost, shields and inner elements before it, its start tag, the token from which it
+    # may be closed (and cloned)].
+    entries: dict[int, list[list[int]]] = {_A: [], _NOBR: []}  # by name, latest last
+    listed_a, listed_nobr = entries[_A], entries[_NOBR]
+    order: list[list[int]] = []  # entries, latest last, but those known to be closed from some token on
+    total = listed = 0  # listed: the cost of cloning every entry once
+    size = int(tokens.at.size)
+
+    def unlist(entry: list[int], at: int) -> None:
+        nonlocal total, listed
+        listed -= entry[0]
+        if at > entry[4]:  # from the token that may close it (and then reconstruct it) up to ``at``
+            total += entry[0] * int(reconstructions[at] - reconstructions[entry[4]])
+
+    def pop_after(earliest: int, at: int) -> None:
+        """The adoption agency pops at most the entries started after the earliest listed one of its
+        name (the element it closes is that entry's or a later clone of it)."""
+        while order and order[-1][3] > earliest:  # each entry leaves ``order`` once: linear in all
+            entry = order.pop()
+            entry[4] = min(entry[4], at)
+
+    def adopt(same: list[list[int]], index: int, word: int, shield: int) -> None:
+        """An <a> or <nobr> start tag while one is listed: the adoption agency, then <a> unlists it."""
+        nonlocal total
+        total += listed * _ADOPTION_CLONES
+        pop_after(same[0][3], index)
+        if word == _A and same[-1][1] == shield:
+            unlist(same.pop(), index)
+
+    light_at, light_word = adopting.tolist(), tokens.word[adopting].tolist()
+    light_shield = shield_count[adopting].tolist()
+    light = 0  # the next of ``adopting``
+
+    def adopt_before(index: int) -> int:
+        """Runs the adopting start tags before ``index`` while an <a> or <nobr> is listed; skips the rest."""
+        position = light
+        while position < len(light_at) and light_at[position] < index and (listed_a or listed_nobr):
+            word = light_word[position]
+            if entries[word]:
+                adopt(entries[word], light_at[position], word, light_shield[position])
+            position += 1
+        return bisect.bisect_left(light_at, index, position)
+
+    starts, words, sure = tokens.start[events].tolist(), tokens.word[events].tolist(), certain[events].tolist()
+    for index, start, word, shield, opened, certainly, closes_from in zip(
+        events.tolist(), starts, words, shields, inner, sure, until, strict=True
+    ):
+        if light < len(light_at) and light_at[light] < index:
+            light = adopt_before(index)
+        same = entries.setdefault(word, [])
+        if start:
+            if same and word in (_A, _NOBR):
+                adopt(same, index, word, shield)
+            count = int(attribute_count[index])
+            entry = [count * count + _CLONE_COST * (count + 1), shield, opened, index, closes_from]
+            same.append(entry)
+            order.append(entry)
+            listed += entry[0]
+        elif same:
+            # The element the adoption agency closes is one of the listed entries of that name: when
+            # something may have opened inside the earliest, it may find a "furthest block" and clone.
+            if same[0][1] != shield or same[0][2] != opened:
+                total += listed * _ADOPTION_CLONES
+            entry = same[-1]
+            pop_after(same[0][3], index)
+            if certainly and entry[1] == shield and opened - entry[2] < _ADOPTION_CLONES:
+                unlist(same.pop(), index)
+    adopt_before(size)
+    for same in entries.values():
+        for entry in same:
+            unlist(entry, size)
+    return total
+
+
+def _opened_until(tokens: _Tokens, formatting: Bools, ignored: Bools, certain: Bools) -> tuple[Ints, Ints]:
+    """For each formatting start tag, the first later token that may pop the element it opened (see
+    `_clone_work`), or the token after it where it may open nothing (it may lie in a tag: then it is no
+    entry worth trusting); other tokens get a later bound, unused. And for the end tags of well-nested
+    pairs, their start tag (-1 for other tokens)."""
+    size = tokens.at.size
+    paired = tokens.whole & (tokens.named(_INLINE) | formatting) & certain
+    nest_start = tokens.start & paired
+    nest_end = tokens.end & paired
+    # Well-nested pairs: an end tag at depth d (before it) pairs with the last start tag that reached d,
+    # when nothing in between went below d: sorted by depth, then position, the two are neighbours.
+    members = np.flatnonzero(nest_start | nest_end)
+    step = np.where(nest_start[members], 1, -1)
+    after = np.cumsum(step)
+    level = np.where(step > 0, after, after + 1)
+    by_level = np.argsort(level, kind="stable")  # members are in document order already
+    sorted_members, sorted_level = members[by_level], level[by_level]
+    partner = np.full(size, -1, dtype=np.int64)  # for end tags: the start tag they pair with
+    ends = np.flatnonzero(
+        nest_end[sorted_members[1:]] & (sorted_level[1:] == sorted_level[:-1]) & (sorted_level[1:] > 0)
+    )
+    ends += 1
+    left, right = sorted_members[ends - 1], sorted_members[ends]
+    ok = _which(tokens.start[left] & (tokens.word[left] == tokens.word[right]))
+    partner[right[ok]] = left[ok]
+    safe_start = tokens.start & certain & (tokens.named(_INLINE) | tokens.named(_INLINE_VOID) | formatting)
+    safe_start &= ~(tokens.named(_NAME_A) | tokens.named(_NAME_NOBR))
+    unsafe = (tokens.start | tokens.end) & ~ignored & ~safe_start & (partner < 0)
+    # The first unsafe token after each token: a running minimum from the end.
+    positions = np.where(unsafe, np.arange(size), size)
+    first_unsafe = np.minimum.accumulate(positions[::-1])[::-1]
+    result = np.append(first_unsafe[1:], size)
+    # A start tag inside a well-nested pair is popped by the pair's end tag: the next end tag at one
+    # level below its own, when that pairs with a start tag before it.
+    opens = np.flatnonzero(nest_start[members] & formatting[members])  # only entries need it
+    enclosing = np.searchsorted(
+        sorted_level * (size + 1) + sorted_members, (level[opens] - 1) * (size + 1) + members[opens]
+    )
+    has = _which(enclosing < sorted_members.size)
+    candidate = sorted_members[enclosing[has]]
+    inside = (sorted_level[enclosing[has]] == level[opens][has] - 1) & (partner[candidate] >= 0)
+    inside &= partner[candidate] < members[opens][has]
+    hit = _which(inside)
+    at = members[opens][has][hit]
+    result[at] = np.minimum(result[at], candidate[hit])
+    uncertain_start = _which(tokens.start & ~certain & ~ignored)
+    result[uncertain_start] = np.minimum(uncertain_start + 1, size)
+    return result, partner
+
+
 # Attributes. lexbor checks every new attribute of a tag against those it already has (for duplicates),
 # so one tag with n distinctly named attributes costs about 2 ns x n**2: 5,000 take 50 ms, 20,000
 # (a 128 KB tag) 0.8 s. Repeated names cost nothing extra (the duplicates are dropped), end tags'
@@ -599,29 +820,24 @@ def _matched(tokens: _Tokens, opens: Bools, closes: Bools, weight: Ints) -> Ints
 
 @dataclass(frozen=True, slots=True)
 class AttributeEstimate:
-    """Upper estimates of the attributes of the page's tags: the most in one tag, and the sum over its
-    tags of their squares (the duplicate checks lexbor could make, up to a constant)."""
+    """Upper estimates of the attributes of the elements lexbor builds: the most in one, and the sum over
+    them of their squares (the duplicate checks lexbor could make, up to a constant), clones of
+    formatting elements included (with what a clone costs besides: see `_clone_work`)."""
 
     most: int
     work: int
 
 
 def estimate_attributes(data: bytes) -> AttributeEstimate:
-    """Bounds the attributes per tag lexbor would read in ``data`` (UTF-8 HTML). Linear time;
-    `estimate_nesting` computes the same as a by-product (its ``attributes``)."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    buf = np.concatenate([np.zeros(_LOOKBACK, np.uint8), raw, np.zeros(_NAME_WINDOW + 4, np.uint8)])
-    special = np.flatnonzero((raw == _LT) | (raw == _GT) | (raw == _DQ) | (raw == _SQ))
-    kind = raw[special]
-    lt_index = np.flatnonzero(kind == _LT)
-    after = buf[special[lt_index] + _LOOKBACK + 1]
-    tag = _LETTER[after] | ((after == _SLASH) & _LETTER[buf[special[lt_index] + _LOOKBACK + 2]])
-    return _estimate_attributes(buf, special, _Specials(buf, special, kind), lt_index[_which(tag)])
+    """Bounds the attributes per element lexbor would build from ``data`` (UTF-8 HTML), formatting
+    elements' clones included. Linear time; the same as `estimate_nesting`'s ``attributes``, which needs
+    the page's tag names and text-only regions anyway (for the clones)."""
+    return estimate_nesting(data).attributes
 
 
 def _estimate_attributes(
     buf: npt.NDArray[np.uint8], special: Ints, specials: _Specials, starts: Ints
-) -> AttributeEstimate:
+) -> tuple[AttributeEstimate, Ints]:
     """The estimate from the "<", ">" and quotes of the page (``special``, `_Specials`) and the indices
     among them of the "<" that start a tag ("<name" or "</name", in the data state or not).
 
@@ -636,7 +852,7 @@ def _estimate_attributes(
     """
     size = buf.size - _LOOKBACK - _NAME_WINDOW - 4
     if starts.size == 0:
-        return AttributeEstimate(0, 0)
+        return AttributeEstimate(0, 0), np.zeros(0, dtype=np.int64)
     gt_index = specials.gt_index
     ends = gt_index[_which(~specials.maybe_in_value(gt_index))]
     # Spans: from the first tag start after each certain ">" to the next certain ">" (or the end). A
@@ -646,7 +862,7 @@ def _estimate_attributes(
     start_span = _running_count(certain)[starts]
     first = np.ones(starts.size, dtype=bool)
     first[1:] = start_span[1:] != start_span[:-1]
-    first = _which(first)
+    first_mask, first = first, _which(first)
     begin, span = starts[first], start_span[first]
     end = np.append(ends, special.size - 1)[span]  # the last special byte counted (a ">", or any at the end)
     begin_at = special[begin]
@@ -657,6 +873,7 @@ def _estimate_attributes(
     quotes = specials.may_open_through(np.concatenate([begin, end]))
     count += quotes[begin.size :] - quotes[: begin.size]
     most, work = int(count.max()), int(np.square(count).sum())
+    per_start = count[_running_count(first_mask) - 1]  # each tag gets its span's count
     # Every <html> (or <body>) start tag after the first adds its attributes to the one element the first
     # made, each checked against those already there: the spans holding such tags count as one element.
     name_at = special[starts] + _LOOKBACK + 1
@@ -669,7 +886,7 @@ def _estimate_attributes(
         if held.size > 1:  # within one span, the attributes of all its tags together are counted already
             merged = int(count[held].sum())
             most, work = max(most, merged), work + merged * merged
-    return AttributeEstimate(most, work)
+    return AttributeEstimate(most, work), per_start
 
 
 _TAG_NAME_END = _byte_table(b"\t\n\f\r />")

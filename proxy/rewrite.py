@@ -330,10 +330,13 @@ def _parse(data: bytes, options: RewriteOptions) -> tuple[frozenset[str], Lexbor
     if limit is not None and len(data) ** 2 > limit:  # noqa: SIM102 (two reasons, two tests)
         if len(data) > _COUNT_TAGS_BELOW or data.count(b"<") ** 2 > limit:
             census = _check_nesting(data, limit, options.max_attribute_work)
-    # Without the nesting estimate, the attributes get their own. A tag holds at most half its bytes in
-    # attributes (each needs a separator and a name), so all of them at most half the page's.
+    # Without the nesting estimate, the attributes get their own. A page holds at most half its bytes in
+    # attributes (each needs a separator and a name), and the tree builder may clone a formatting element
+    # with all of them once per later token (at most one per byte): below that cubic bound the check is
+    # skipped (pages of a few hundred bytes), above it the estimate, which models the clones, decides.
     attribute_limit = options.max_attribute_work
-    if census is None and attribute_limit is not None and (len(data) // 2) ** 2 > attribute_limit:
+    half = len(data) // 2
+    if census is None and attribute_limit is not None and len(data) * half * half > attribute_limit:
         _check_attributes(estimate_attributes(data), attribute_limit)
     if census is None:
         census = sanitize.tag_census(data)

@@ -132,6 +132,9 @@ PIECES = [
     "<div", "<p ", "</p", "<b ", "<a", "<!--", "-->", "<!", "<?", "<svg", "<math", "<script>", "</script>",
     "<style>", "<textarea>", "<title>", "<html ", "<body ", "<template>", "<table>", "<select>", "&lt;",
     " c=d", " e='f'", ' g="h"', "=\"", "='", "/>", "<![CDATA[", "]]>", "<plaintext>", "<xmp>", "<noscript>",
+    # Formatting elements, and what closes them implicitly: their clones (issue #4) carry their attributes.
+    "<i ", "<a ", "<font ", "<nobr ", "<u>", "</b>", "</a>", "</i>", "</p><p>", "</p>", "<div>", "</div>", "x",
+    "<span>", "</span>", "<td>", "<object>", "<marquee>", "</table>", "<li>",
 ]  # fmt: skip
 SNIPPETS = [path.read_bytes() for path in REAL_PAGES if path.stat().st_size < 5_000]
 
@@ -158,7 +161,9 @@ ATTRIBUTE = st.tuples(
     st.sampled_from(["", "=1", "='1'", '="1"', " = '>'", '=" a b "', "=a/b", "='\"'", '="\'"', "=>", "=", "= x"]),
 ).map("".join)
 TAG = st.tuples(
-    st.sampled_from(["<p", "<div", "</p", "<b", "<svg", "<html", "<body", "<math", "<td", "<a"]),
+    st.sampled_from(
+        ["<p", "<div", "</p", "<b", "<svg", "<html", "<body", "<math", "<td", "<a", "<i", "<font", "<nobr", "</b"]
+    ),
     st.lists(ATTRIBUTE, max_size=12),
     st.sampled_from([">", "/>", " >", "", "x"]),
 ).map(lambda parts: parts[0] + "".join(parts[1]) + parts[2])
@@ -204,7 +209,9 @@ def test_estimate_bounds_lexbor_on_mutated_real_markup(data: st.DataObject) -> N
 
 
 def bomb_upstream() -> web.Application:
-    pages = {"bomb": BOMBS["distinct names"], "real": SNIPPETS[0]}
+    # The formatting-element clone bomb of issue #4: one <b> of 4,000 attributes cloned 10,000 times (15 s).
+    clones = ("<p><b " + " ".join(f"a{i}=1" for i in range(4000)) + ">x" + "</p><p>y" * 10000).encode()
+    pages = {"bomb": BOMBS["distinct names"], "clones": clones, "real": SNIPPETS[0]}
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(body=pages[request.match_info["name"]], content_type="text/html")
@@ -228,14 +235,15 @@ async def client(aiohttp_client: Any) -> Client:
 
 
 @pytest.mark.asyncio
-async def test_the_page_proxy_refuses_an_attribute_bomb_quickly(client: Client, upstream: str) -> None:
+@pytest.mark.parametrize("bomb", ["bomb", "clones"])
+async def test_the_page_proxy_refuses_an_attribute_bomb_quickly(client: Client, upstream: str, bomb: str) -> None:
     started = time.perf_counter()
-    response = await client.get("/api/v1/page", params={"url": upstream + "/bomb.html", "deadline_ms": "0"})
+    response = await client.get("/api/v1/page", params={"url": f"{upstream}/{bomb}.html", "deadline_ms": "0"})
     body = await response.json()
     assert response.status == 413, body
     assert body["error"]["code"] == "page_too_complex"
     assert "attributes" in body["error"]["message"]
-    assert time.perf_counter() - started < 2.0  # parsing it would take 0.8 s of CPU on its own
+    assert time.perf_counter() - started < 2.0  # parsing either would take 0.8 s (15 s) of CPU on its own
 
     real = await client.get("/api/v1/page", params={"url": upstream + "/real.html", "deadline_ms": "0"})
     assert real.status == 200, (await real.text())[:300]
