@@ -113,11 +113,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-def reference_throughput(seconds: float, images: Path = IMAGES) -> float:
+def reference_throughput(seconds: float, images: Path = IMAGES, model_dir: Path | None = None) -> float:
     """bench/classify.py's "1 caller, ORT on all cores" figure: in-process batches of 32, same images."""
     from classifier.model import InvertModel
 
-    model = InvertModel.load()
+    model = InvertModel.load(model_dir)
     blobs = [path.read_bytes() for path in sorted(images.iterdir()) if path.suffix in (".png", ".jpg")]
     model.classify_bytes(blobs[:32])
     done, started = 0, time.perf_counter()
@@ -238,6 +238,9 @@ def main() -> None:
         "was fit to; its colour screen answers nearly all of them, so use a folder of unseen images to see "
         "the speed on images the model has never seen)",
     )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model directory for the server and the reference (default: shipped)"
+    )
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)  # internal: run the upstream only
     args = parser.parse_args()
     if args.upstream:
@@ -248,7 +251,7 @@ def main() -> None:
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; lookups by {'wrk' if use_wrk else 'aiohttp'}"
     )
 
-    reference = reference_throughput(args.seconds, args.images)
+    reference = reference_throughput(args.seconds, args.images, args.model)
     print(f"reference: classify_bytes in-process, batches of 32: {reference:.0f} img/s")
 
     upstream_port, api_port = free_port(), free_port()
@@ -257,7 +260,8 @@ def main() -> None:
     up = subprocess.Popen([sys.executable, __file__, "--upstream", str(upstream_port), "--images", str(args.images)])
     server_cmd = [
         sys.executable, "-m", "proxy.cli", "serve", "--port", str(api_port), "--allow-private-networks",
-        "--rate-limit-per-minute", "0", "--log-level", "warning", *args.server_arg,
+        "--rate-limit-per-minute", "0", "--log-level", "warning",
+        *([] if args.model is None else ["--model", str(args.model)]), *args.server_arg,
     ]  # fmt: skip
     server = subprocess.Popen(server_cmd, cwd=ROOT)
     try:
