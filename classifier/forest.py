@@ -126,14 +126,20 @@ class PackedForest:
 
     @cached_property
     def _walk_layout(self) -> tuple[NDArray[Any], NDArray[Any]] | None:
-        own = np.arange(self.feature.size, dtype=np.int64)
-        leaf = self.left == own
-        if not np.array_equal(self.left[~leaf], own[~leaf] + 1):
+        leaf = self._depth_first_leaves()
+        if leaf is None:
             return None
         threshold_bits = float32_floor(self.threshold).view(np.uint32).astype(np.uint64)
         right = np.where(leaf, _LEAF, self.right).astype(np.int32).view(np.uint32).astype(np.uint64)
         features_u = self.feature.astype(np.uint8 if self.n_features <= 256 else np.uint16)
         return (right << np.uint64(32)) | threshold_bits, features_u
+
+    def _depth_first_leaves(self) -> NDArray[np.bool_] | None:
+        """Which nodes are leaves (they point at themselves), or None unless every inner node's left child is
+        the next node, as in scikit-learn's depth-first numbering (the walk and the file layout rely on it)."""
+        own = np.arange(self.feature.size, dtype=np.int64)
+        leaf = self.left == own
+        return leaf if np.array_equal(self.left[~leaf], own[~leaf] + 1) else None
 
     def _predict_fixed_depth(self, rows: NDArray[np.float32]) -> NDArray[np.float64]:
         # scikit-learn compares float32 inputs against float64 thresholds; do the same for equal results.
@@ -153,11 +159,10 @@ class PackedForest:
         thresholds are exact as float32 (see `float32_floor`); full-depth trees have pure leaves, whose
         probabilities 0 and 1 are stored as bytes.
         """
-        own = np.arange(self.feature.size, dtype=np.int64)
-        leaf = self.left == own
-        if not np.array_equal(self.left[~leaf], own[~leaf] + 1):
+        leaf = self._depth_first_leaves()
+        if leaf is None:
             raise ValueError("compact layout needs depth-first node order (left child = next node)")
-        tree_start = np.repeat(self.roots.astype(np.int64), np.diff(np.append(self.roots, own.size)))
+        tree_start = np.repeat(self.roots.astype(np.int64), np.diff(np.append(self.roots, self.feature.size)))
         p_leaf = np.where(leaf, self.p_positive, 0.0)
         pure = bool(np.all((p_leaf == 0.0) | (p_leaf == 1.0)))
         np.savez_compressed(

@@ -22,7 +22,7 @@ from classifier.backbones import Backbone, BackboneLoadError, BackboneSpecError,
 from classifier.decode import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from classifier.features import FEATURE_NAMES, colour_features
 from classifier.forest import PackedForest
-from classifier.screen import SCREEN_FILE, ColourScreen
+from classifier.screen import SCREEN_FILE, ColourScreen, combine
 from classifier.verdict import Verdict
 
 MODEL_FORMAT = 1
@@ -222,8 +222,7 @@ class InvertModel:
         p_invert = self.forest.predict_proba(self.extractor.combine(embeddings, colours))
         if self.screen is None:
             return p_invert
-        screen_p, decided = self.screen.decide(colours)
-        return np.where(decided, screen_p, p_invert)
+        return combine(self.screen.forest.predict_proba(colours), p_invert, self.screen)
 
     def predict(self, images: Sequence[Image.Image], sha256s: Sequence[str]) -> list[Verdict]:
         """Verdicts for decoded images; `sha256s` are the hashes of their encoded bytes."""

@@ -51,7 +51,7 @@ class ColourScreen:
     def decide(self, colours: NDArray[np.float32]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
         """The screen's p_invert for each row, and which rows it decides (the others need the full model)."""
         p_invert = self.forest.predict_proba(colours) if len(colours) else np.zeros(0)
-        return p_invert, (p_invert <= self.below) | (p_invert >= self.above)
+        return p_invert, decided(p_invert, self)
 
     def to_json(self) -> dict[str, Any]:
         return {"below": self.below, "above": self.above, "n_features": self.forest.n_features}
@@ -101,14 +101,20 @@ def choose_bounds(
         if np.any(~model_invert & (screen_p >= candidate)):
             break
         above = candidate
-    decided = (screen_p <= below) | (screen_p >= above)
-    changed = int(np.count_nonzero(decided & ((screen_p >= above) != model_invert)))
-    return ScreenBounds(below, above, float(decided.mean()) if len(decided) else 0.0, changed)
+    bounds = ScreenBounds(below, above, 0.0, 0)
+    answered = decided(screen_p, bounds)
+    changed = int(np.count_nonzero(answered & ((screen_p >= above) != model_invert)))
+    share = float(answered.mean()) if len(answered) else 0.0
+    return ScreenBounds(below, above, share, changed)
+
+
+def decided(screen_p: NDArray[np.float64], bounds: ScreenBounds | ColourScreen) -> NDArray[np.bool_]:
+    """Where the screen's answer is final: at or below `below`, or at or above `above`."""
+    return (screen_p <= bounds.below) | (screen_p >= bounds.above)
 
 
 def combine(
     screen_p: NDArray[np.float64], model_p: NDArray[np.float64], bounds: ScreenBounds | ColourScreen
 ) -> NDArray[np.float64]:
     """The cascade's p_invert: the screen's where it decides, the model's elsewhere."""
-    decided = (screen_p <= bounds.below) | (screen_p >= bounds.above)
-    return np.where(decided, screen_p, model_p)
+    return np.where(decided(screen_p, bounds), screen_p, model_p)

@@ -209,13 +209,6 @@ def fit_training_rows(
     return rows, labels, probe
 
 
-def grouped_cv_probabilities(
-    table: FeatureTable, *, folds: int = CV_FOLDS, seed: int = SEED, extra: FeatureTable | None = None
-) -> NDArray[np.float64]:
-    """Out-of-fold p_invert of the full model for every image, folds split by source package."""
-    return grouped_cv(table, folds=folds, seed=seed, extra=extra, screen=False).model_p
-
-
 def grouped_cv(
     table: FeatureTable,
     *,

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,23 +14,10 @@ from classifier.features import FEATURE_NAMES
 from classifier.model import (
     DEFAULT_MODEL_DIR,
     FOREST_FILE,
-    MANIFEST_FILE,
     InvertModel,
     ModelError,
 )
-from tests.helpers import encode_png
-
-
-def copy_model(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target
-
-
-def edit_manifest(directory: Path, **changes: object) -> None:
-    path = directory / MANIFEST_FILE
-    manifest = json.loads(path.read_text())
-    manifest.update(changes)
-    path.write_text(json.dumps(manifest))
+from tests.helpers import copy_model, edit_manifest, encode_png
 
 
 def drawing(ink: tuple[int, int, int, int], background: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Image.Image:

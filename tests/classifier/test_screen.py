@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from classifier.decode import decode_image
 from classifier.features import colour_features
 from classifier.model import MANIFEST_FILE, InvertModel, ModelError
 from classifier.screen import NEVER_ABOVE, NEVER_BELOW, SCREEN_FILE, ColourScreen, choose_bounds, combine
+from tests.helpers import copy_model, edit_manifest
 
 
 class CountingBackbone:
@@ -89,35 +89,23 @@ def test_the_shipped_model_screens_most_dataset_images(default_model: InvertMode
     assert decided.mean() >= 0.5
 
 
-def _copy(small_model_dir: Path, target: Path) -> Path:
-    shutil.copytree(small_model_dir, target)
-    return target
-
-
-def _edit_manifest(directory: Path, **changes: object) -> None:
-    path = directory / MANIFEST_FILE
-    manifest = json.loads(path.read_text())
-    manifest.update(changes)
-    path.write_text(json.dumps(manifest))
-
-
 def test_screen_bounds_that_do_not_bracket_the_threshold_are_refused(small_model_dir: Path, tmp_path: Path) -> None:
-    directory = _copy(small_model_dir, tmp_path / "model")
+    directory = copy_model(small_model_dir, tmp_path / "model")
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    _edit_manifest(directory, screen={**manifest["screen"], "above": manifest["threshold"] - 0.01})
+    edit_manifest(directory, screen={**manifest["screen"], "above": manifest["threshold"] - 0.01})
     with pytest.raises(ModelError, match="do not bracket the threshold"):
         InvertModel.load(directory)
 
 
 def test_a_screen_without_its_file_or_bounds_is_refused(small_model_dir: Path, tmp_path: Path) -> None:
-    unlisted = _copy(small_model_dir, tmp_path / "unlisted")
+    unlisted = copy_model(small_model_dir, tmp_path / "unlisted")
     manifest = json.loads((unlisted / MANIFEST_FILE).read_text())
     files = {name: digest for name, digest in manifest["files"].items() if name != SCREEN_FILE}
-    _edit_manifest(unlisted, files=files)
+    edit_manifest(unlisted, files=files)
     with pytest.raises(ModelError, match=f"does not list {SCREEN_FILE}"):
         InvertModel.load(unlisted)
 
-    no_bounds = _copy(small_model_dir, tmp_path / "no-bounds")
-    _edit_manifest(no_bounds, screen={})
+    no_bounds = copy_model(small_model_dir, tmp_path / "no-bounds")
+    edit_manifest(no_bounds, screen={})
     with pytest.raises(ModelError, match="no screen bounds"):
         InvertModel.load(no_bounds)
