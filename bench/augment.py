@@ -37,7 +37,7 @@ from classifier.train import (
     SEED,
     FeatureTable,
     fit_training_rows,
-    make_forest,
+    make_model,
     synthetic_features,
 )
 
@@ -80,7 +80,7 @@ def grouped_cv(
         if extra is not None and sources is not None:
             train_table = joined(train_table, extra.subset(np.flatnonzero(np.isin(sources, train_index))))
         rows, labels, probe = fit_training_rows(train_table, synthetic)
-        forest = make_forest(SEED).fit(rows, labels)
+        forest = make_model(SEED).fit(rows, labels)
         test = base.subset(test_index)
         probabilities[test_index] = forest.predict_proba(
             FeatureExtractor.combine_with(probe, test.embeddings, test.colours)

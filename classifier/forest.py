@@ -1,4 +1,9 @@
-"""A fitted scikit-learn forest flattened into plain arrays, and its vectorised prediction.
+"""A fitted scikit-learn tree ensemble flattened into plain arrays, and its vectorised prediction.
+
+Two kinds of ensemble share the layout and the walk, and differ only in how leaf values combine: a
+forest (`ExtraTreesClassifier`, `RandomForestClassifier`) averages its trees' leaf probabilities; gradient
+boosting (`HistGradientBoostingClassifier`) adds its trees' leaf values, which are log-odds, to a
+baseline and applies the logistic function.
 
 Training uses scikit-learn; serving uses these arrays. That buys three things: loading a model never
 unpickles code (a model directory is data, safe to download), a model keeps working across
@@ -11,12 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 _LEAF = -1
+
+#: How leaf values combine: "mean" of probabilities (forests), or "logistic" of baseline + sum (boosting).
+Aggregate = Literal["mean", "logistic"]
 
 
 def float32_floor(values: NDArray[np.float64]) -> NDArray[np.float32]:
@@ -40,15 +48,25 @@ class PackedForest:
     threshold: NDArray[np.float64]
     left: NDArray[np.int32]
     right: NDArray[np.int32]
-    p_positive: NDArray[np.float32]  # at leaves: the tree's probability of class 1
+    #: At leaves: the tree's probability of class 1 ("mean"), or its log-odds contribution ("logistic").
+    leaf_value: NDArray[np.floating[Any]]
     n_features: int
     max_depth: int
+    aggregate: Aggregate = "mean"
+    baseline: float = 0.0  # log-odds before the first tree ("logistic" only)
 
     @classmethod
-    def from_sklearn(cls, forest: Any) -> PackedForest:
-        """Flatten a fitted binary `RandomForestClassifier` / `ExtraTreesClassifier` (classes 0 and 1)."""
-        if list(forest.classes_) != [0, 1]:
-            raise ValueError(f"expected classes [0, 1], got {list(forest.classes_)}")
+    def from_sklearn(cls, ensemble: Any) -> PackedForest:
+        """Flatten a fitted binary `RandomForestClassifier`, `ExtraTreesClassifier` or
+        `HistGradientBoostingClassifier` (classes 0 and 1)."""
+        if list(ensemble.classes_) != [0, 1]:
+            raise ValueError(f"expected classes [0, 1], got {list(ensemble.classes_)}")
+        if hasattr(ensemble, "_predictors"):
+            return cls._from_boosting(ensemble)
+        return cls._from_forest(ensemble)
+
+    @classmethod
+    def _from_forest(cls, forest: Any) -> PackedForest:
         roots, features, thresholds, lefts, rights, values = [], [], [], [], [], []
         offset = 0
         max_depth = 0
@@ -77,13 +95,63 @@ class PackedForest:
             threshold=np.concatenate(thresholds),
             left=np.concatenate(lefts),
             right=np.concatenate(rights),
-            p_positive=np.concatenate(values),
+            leaf_value=np.concatenate(values),
             n_features=int(forest.n_features_in_),
             max_depth=max_depth,
         )
 
+    @classmethod
+    def _from_boosting(cls, boosting: Any) -> PackedForest:
+        """The trees of a binary `HistGradientBoostingClassifier`: one per iteration, numbered depth first
+        like scikit-learn's other trees (left child = next node), each node deciding ``x <= threshold``.
+
+        Categorical splits and missing values have no place in this layout: the model's inputs are
+        always finite numbers, and the boosting must be fit without categorical features.
+        """
+        if getattr(boosting, "is_categorical_", None) is not None and np.any(boosting.is_categorical_):
+            raise ValueError("categorical features are not supported")
+        roots, features, thresholds, lefts, rights, values = [], [], [], [], [], []
+        offset = 0
+        max_depth = 0
+        for (predictor,) in boosting._predictors:  # binary: one tree per iteration
+            nodes = predictor.nodes
+            count = nodes.size
+            is_leaf = nodes["is_leaf"].astype(bool)
+            roots.append(offset)
+            features.append(np.where(is_leaf, 0, nodes["feature_idx"]).astype(np.int32))
+            thresholds.append(np.where(is_leaf, 0.0, float32_floor(nodes["num_threshold"])).astype(np.float64))
+            own = np.arange(count, dtype=np.int64) + offset
+            lefts.append(np.where(is_leaf, own, nodes["left"].astype(np.int64) + offset).astype(np.int32))
+            rights.append(np.where(is_leaf, own, nodes["right"].astype(np.int64) + offset).astype(np.int32))
+            values.append(np.where(is_leaf, nodes["value"], 0.0).astype(np.float64))
+            max_depth = max(max_depth, int(nodes["depth"].max()))
+            offset += count
+        return cls(
+            roots=np.asarray(roots, dtype=np.int32),
+            feature=np.concatenate(features),
+            threshold=np.concatenate(thresholds),
+            left=np.concatenate(lefts),
+            right=np.concatenate(rights),
+            leaf_value=np.concatenate(values),
+            n_features=int(boosting.n_features_in_),
+            max_depth=max_depth,
+            aggregate="logistic",
+            baseline=float(np.ravel(boosting._baseline_prediction)[0]),
+        )
+
+    def _combine(self, leaf_values: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+        """Per row, from its (n_rows, n_trees) leaf values."""
+        values = leaf_values.astype(np.float64)
+        if self.aggregate == "mean":
+            result: NDArray[np.float64] = values.mean(axis=1)
+            return result
+        logits = np.clip(self.baseline + values.sum(axis=1), -60.0, 60.0)  # no overflow warnings in exp
+        result = 1.0 / (1.0 + np.exp(-logits))
+        return result
+
     def predict_proba(self, features: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
-        """Probability of class 1 for each row, equal to scikit-learn's `predict_proba(X)[:, 1]`.
+        """Probability of class 1 for each row, equal to scikit-learn's `predict_proba(X)[:, 1]` (to rounding
+        for boosting, whose sum of leaf values runs in another order).
 
         All (row, tree) walks advance together one level per step, and a walk leaves the working set as
         soon as it reaches its leaf, so a step costs what the unfinished walks need. Each node's threshold
@@ -122,7 +190,7 @@ class PackedForest:
             threshold = (words & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
             goes_left = values[offset + features_u[node]] <= threshold
             node = np.where(goes_left, node + 1, right)
-        return self.p_positive[leaf_of].reshape(n_rows, n_trees).astype(np.float64).mean(axis=1)
+        return self._combine(self.leaf_value[leaf_of].reshape(n_rows, n_trees))
 
     @cached_property
     def _walk_layout(self) -> tuple[NDArray[Any], NDArray[Any]] | None:
@@ -149,7 +217,7 @@ class PackedForest:
         for _ in range(self.max_depth):
             goes_left = rows64[row_index, self.feature[node]] <= self.threshold[node]
             node = np.where(goes_left, self.left[node], self.right[node])
-        return self.p_positive[node].astype(np.float64).mean(axis=1)
+        return self._combine(self.leaf_value[node])
 
     def save(self, path: Path) -> None:
         """Write the compact layout: about 13 bytes a node before compression instead of 24.
@@ -157,22 +225,28 @@ class PackedForest:
         scikit-learn numbers nodes depth first, so an inner node's left child is always the next node
         and only the right child is stored (tree-local, -1 at leaves); features fit in one or two bytes;
         thresholds are exact as float32 (see `float32_floor`); full-depth trees have pure leaves, whose
-        probabilities 0 and 1 are stored as bytes.
+        probabilities 0 and 1 are stored as bytes. Boosting's leaf values (log-odds) stay float64, and its
+        baseline marks the file as boosting.
         """
         leaf = self._depth_first_leaves()
         if leaf is None:
             raise ValueError("compact layout needs depth-first node order (left child = next node)")
         tree_start = np.repeat(self.roots.astype(np.int64), np.diff(np.append(self.roots, self.feature.size)))
-        p_leaf = np.where(leaf, self.p_positive, 0.0)
-        pure = bool(np.all((p_leaf == 0.0) | (p_leaf == 1.0)))
+        leaf_values = np.where(leaf, self.leaf_value, 0.0)
+        values: dict[str, Any]  # Any: numpy's stubs type savez's keyword arguments as its `allow_pickle` flag
+        if self.aggregate == "logistic":
+            values = {"leaf_value": leaf_values.astype(np.float64), "baseline": np.asarray(self.baseline, np.float64)}
+        else:
+            pure = bool(np.all((leaf_values == 0.0) | (leaf_values == 1.0)))
+            values = {"p_positive": leaf_values.astype(np.uint8 if pure else np.float32)}
         np.savez_compressed(
             path,
             roots=self.roots,
             feature=self.feature.astype(np.uint8 if self.n_features <= 256 else np.uint16),
             threshold=float32_floor(self.threshold),
             right=np.where(leaf, _LEAF, self.right - tree_start).astype(np.int32),
-            p_positive=p_leaf.astype(np.uint8 if pure else np.float32),
             shape=np.asarray([self.n_features, self.max_depth], dtype=np.int64),
+            **values,
         )
 
     @classmethod
@@ -186,14 +260,14 @@ class PackedForest:
                     threshold=arrays["threshold"],
                     left=arrays["left"],
                     right=arrays["right"],
-                    p_positive=arrays["p_positive"],
+                    leaf_value=arrays["p_positive"],
                     n_features=n_features,
                     max_depth=max_depth,
                 )
             else:
                 forest = cls._from_compact(arrays, n_features, max_depth, path)
         nodes = forest.feature.size
-        for name in ("threshold", "left", "right", "p_positive"):
+        for name in ("threshold", "left", "right", "leaf_value"):
             if getattr(forest, name).shape != (nodes,):
                 raise ValueError(f"{path}: array {name!r} does not match the node count {nodes}")
         if nodes and (forest.left.max() >= nodes or forest.right.max() >= nodes or forest.feature.max() >= n_features):
@@ -205,7 +279,11 @@ class PackedForest:
         roots = arrays["roots"].astype(np.int32)
         right_local = arrays["right"].astype(np.int64)
         nodes = right_local.size
-        for name in ("feature", "threshold", "p_positive"):
+        boosted = "baseline" in arrays
+        values_name = "leaf_value" if boosted else "p_positive"
+        if boosted and not np.isfinite(arrays["baseline"]):
+            raise ValueError(f"{path}: the boosting baseline is not a finite number")
+        for name in ("feature", "threshold", values_name):
             if arrays[name].shape != (nodes,):
                 raise ValueError(f"{path}: array {name!r} does not match the node count {nodes}")
         if roots.size and (roots[0] != 0 or np.any(np.diff(roots) <= 0) or roots[-1] >= nodes):
@@ -227,7 +305,9 @@ class PackedForest:
             threshold=arrays["threshold"].astype(np.float64),
             left=left.astype(np.int32),
             right=right.astype(np.int32),
-            p_positive=arrays["p_positive"].astype(np.float32),
+            leaf_value=arrays[values_name].astype(np.float64 if boosted else np.float32),
             n_features=n_features,
             max_depth=max_depth,
+            aggregate="logistic" if boosted else "mean",
+            baseline=float(arrays["baseline"]) if boosted else 0.0,
         )

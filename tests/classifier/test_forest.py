@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 
 from classifier.forest import PackedForest, float32_floor
 
@@ -87,7 +87,7 @@ def test_compact_file_is_smaller_and_predicts_the_same(tmp_path):
         threshold=packed.threshold,
         left=packed.left,
         right=packed.right,
-        p_positive=packed.p_positive,
+        p_positive=packed.leaf_value,
         shape=np.asarray([packed.n_features, packed.max_depth]),
     )
     assert (tmp_path / "compact.npz").stat().st_size < 0.7 * (tmp_path / "original.npz").stat().st_size
@@ -111,3 +111,45 @@ def test_early_exit_walk_equals_the_fixed_depth_walk():
     for batch in (1, 7, 64):
         queries = rng.normal(size=(batch, 20)).astype(np.float32)
         np.testing.assert_array_equal(packed.predict_proba(queries), packed._predict_fixed_depth(queries))
+
+
+def _boosting_data(seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(1500, 15)).astype(np.float32)
+    labels = (rows[:, 0] + rows[:, 3] * rows[:, 5] + rng.normal(scale=0.5, size=1500) > 0).astype(int)
+    return rows, labels
+
+
+def test_packed_boosting_matches_sklearn(tmp_path):
+    rows, labels = _boosting_data()
+    boosting = HistGradientBoostingClassifier(max_iter=60, max_leaf_nodes=15, early_stopping=False, random_state=0)
+    boosting.fit(rows, labels)
+    packed = PackedForest.from_sklearn(boosting)
+    assert packed.aggregate == "logistic" and packed.roots.size == 60
+    queries = np.random.default_rng(6).normal(size=(300, 15)).astype(np.float32)
+    expected = boosting.predict_proba(queries)[:, 1]
+    assert expected.std() > 0.05, "the check needs probabilities that vary"
+    np.testing.assert_allclose(packed.predict_proba(queries), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(packed._predict_fixed_depth(queries), expected, rtol=0, atol=1e-12)
+
+    packed.save(tmp_path / "boosting.npz")
+    loaded = PackedForest.load(tmp_path / "boosting.npz")
+    assert (loaded.aggregate, loaded.baseline) == ("logistic", packed.baseline)
+    np.testing.assert_array_equal(loaded.predict_proba(queries), packed.predict_proba(queries))
+
+
+def test_packed_boosting_load_rejects_a_broken_baseline(tmp_path):
+    rows, labels = _boosting_data()
+    boosting = HistGradientBoostingClassifier(max_iter=5, early_stopping=False, random_state=0).fit(rows, labels)
+    PackedForest.from_sklearn(boosting).save(tmp_path / "bad.npz")
+    _rewrite(tmp_path / "bad.npz", baseline=np.float64(np.nan))
+    with pytest.raises(ValueError, match="baseline"):
+        PackedForest.load(tmp_path / "bad.npz")
+
+
+def test_packed_boosting_refuses_categorical_splits():
+    rows, labels = _boosting_data()
+    rows[:, 2] = np.round(np.abs(rows[:, 2]) * 3)
+    boosting = HistGradientBoostingClassifier(max_iter=5, categorical_features=[2], random_state=0)
+    with pytest.raises(ValueError, match="categorical"):
+        PackedForest.from_sklearn(boosting.fit(rows, labels))

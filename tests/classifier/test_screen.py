@@ -62,8 +62,8 @@ def test_screened_images_skip_the_backbone_and_match_the_offline_cascade(small_m
     assert model.screen is not None
     # Trained on a few dozen images, the small model's screen decides nearly everything; narrower bounds
     # (still around its threshold) leave work for the backbone, so both paths are exercised.
-    assert model.threshold < 0.9
-    model.screen = ColourScreen(model.screen.forest, below=0.2, above=0.9)
+    assert 0.2 < model.threshold < 0.99
+    model.screen = ColourScreen(model.screen.forest, below=0.2, above=(1 + model.threshold) / 2)
     counting = CountingBackbone(model.extractor.backbone)
     model.extractor.backbone = counting
     images = [decode_image(item.path.read_bytes()) for item in dataset[::60]]
