@@ -108,6 +108,11 @@ def choose_bounds(
     return ScreenBounds(below, above, share, changed)
 
 
+def above_grid() -> tuple[float, ...]:
+    """Candidate "invert" bounds, highest first."""
+    return _ABOVE_GRID
+
+
 def decided(screen_p: NDArray[np.float64], bounds: ScreenBounds | ColourScreen) -> NDArray[np.bool_]:
     """Where the screen's answer is final: at or below `below`, or at or above `above`."""
     return (screen_p <= bounds.below) | (screen_p >= bounds.above)

@@ -31,7 +31,15 @@ from classifier.features import FEATURE_NAMES, colour_features
 from classifier.forest import PackedForest
 from classifier.metrics import BinaryMetrics, binary_metrics, threshold_for_false_invert_rate
 from classifier.model import MODEL_FORMAT, FeatureExtractor, InvertModel, LinearProbe, Manifest, sha256_hex
-from classifier.screen import ColourScreen, ScreenBounds, choose_bounds, combine
+from classifier.screen import (
+    MAX_CHANGED_SHARE,
+    ColourScreen,
+    ScreenBounds,
+    above_grid,
+    choose_bounds,
+    combine,
+    decided,
+)
 from classifier.synthetic import DEFAULT_SEED, SyntheticImage, generate
 
 #: The share of "don't invert" images we accept to invert (a photo turned negative is the worst outcome).
@@ -57,6 +65,13 @@ SEED = 20261125
 #: The shipped model's backbone. 128 px input: package-grouped CV accuracy is the same as at 224 px
 #: (0.899 vs 0.900 at a 2 % false-invert rate) and the network runs ~2.8x faster (379 vs 137 img/s here).
 TRAINING_BACKBONE = "effnet-lite0@128"
+
+#: The colour screen's "invert" side may widen past the strict rule's bound (see `choose_cascade`) while the
+#: whole cascade, at its own threshold for the false-invert target, loses at most this much package-grouped
+#: CV accuracy against the full model alone. Boosted trees disagree with the colour-only forest near the
+#: top on a few images, so the strict rule alone left the screen deciding 58 % of the CV images (forest
+#: models: 84-87 %) and 36 % of three unseen batches; see README, "Speed".
+MAX_ACCURACY_COST = 0.002
 
 #: Synthetic images per kind added to every training set (see `classifier/synthetic.py`); 0 turns them off.
 SYNTHETIC_PER_KIND = 20
@@ -261,6 +276,45 @@ def grouped_cv(
     return CrossValidated(model_p=model_p, screen_p=screen_p)
 
 
+def choose_cascade(
+    screen_p: NDArray[np.float64],
+    model_p: NDArray[np.float64],
+    labels: NDArray[np.int64],
+    false_invert_target: float,
+    *,
+    max_changed_share: float = MAX_CHANGED_SHARE,
+    max_accuracy_cost: float = MAX_ACCURACY_COST,
+) -> tuple[float, ScreenBounds]:
+    """The threshold and the screen's bounds, chosen together on out-of-fold answers.
+
+    Starts from the full model's threshold for `false_invert_target` and `choose_bounds`' strict bounds,
+    then lowers the "invert" bound while the cascade (the screen where it decides, the model elsewhere),
+    at its own threshold for the same target, keeps within `max_accuracy_cost` of the model alone and its
+    threshold stays between the bounds. The cascade's false-invert rate is therefore on target by
+    construction: wherever the screen's extra "invert" answers err, the threshold rises to pay for them.
+    """
+    threshold = threshold_for_false_invert_rate(model_p, labels, false_invert_target)
+    alone = binary_metrics(model_p, labels, threshold).accuracy
+    strict = choose_bounds(screen_p, model_p, threshold, max_changed_share=max_changed_share)
+    chosen, chosen_threshold = strict, threshold
+    for candidate in above_grid():
+        if candidate >= strict.above:
+            continue
+        trial = ScreenBounds(strict.below, candidate, 0.0, 0)
+        cascade = combine(screen_p, model_p, trial)
+        trial_threshold = threshold_for_false_invert_rate(cascade, labels, false_invert_target)
+        if not strict.below < trial_threshold <= candidate:
+            break
+        if binary_metrics(cascade, labels, trial_threshold).accuracy < alone - max_accuracy_cost:
+            break
+        chosen, chosen_threshold = trial, trial_threshold
+    answered = decided(screen_p, chosen)
+    model_invert = model_p >= chosen_threshold
+    changed = int(np.count_nonzero(answered & ((screen_p >= chosen.above) != model_invert)))
+    share = float(answered.mean()) if len(answered) else 0.0
+    return chosen_threshold, ScreenBounds(chosen.below, chosen.above, share, changed)
+
+
 def screen_training_rows(
     table: FeatureTable, extra: FeatureTable | None = None
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
@@ -335,12 +389,13 @@ def train(
 
         extra = synthetic_features(backbone, synthetic_per_kind)
         folds = grouped_cv(table, extra=extra, screen=screen)
-        threshold = threshold_for_false_invert_rate(folds.model_p, table.labels, false_invert_target)
         bounds: ScreenBounds | None = None
         oof = folds.model_p
         if screen:
-            bounds = choose_bounds(folds.screen_p, folds.model_p, threshold)
+            threshold, bounds = choose_cascade(folds.screen_p, folds.model_p, table.labels, false_invert_target)
             oof = combine(folds.screen_p, folds.model_p, bounds)
+        else:
+            threshold = threshold_for_false_invert_rate(folds.model_p, table.labels, false_invert_target)
         cv = binary_metrics(oof, table.labels, threshold)
         cv_at_half = binary_metrics(oof, table.labels, 0.5)
 

@@ -10,8 +10,17 @@ from PIL import Image
 
 from classifier.decode import decode_image
 from classifier.features import colour_features
+from classifier.metrics import binary_metrics
 from classifier.model import MANIFEST_FILE, InvertModel, ModelError
-from classifier.screen import NEVER_ABOVE, NEVER_BELOW, SCREEN_FILE, ColourScreen, choose_bounds, combine
+from classifier.screen import (
+    NEVER_ABOVE,
+    NEVER_BELOW,
+    SCREEN_FILE,
+    ColourScreen,
+    choose_bounds,
+    combine,
+)
+from classifier.train import choose_cascade
 from tests.helpers import copy_model, edit_manifest
 
 
@@ -39,6 +48,35 @@ def test_bounds_widen_until_the_screen_would_change_a_verdict() -> None:
     assert bounds.decided_share == pytest.approx(0.7)
     combined = combine(screen_p, model_p, bounds)
     assert combined.tolist() == [0.0, 0.05, 0.1, 0.8, 0.1, 0.5, 0.8, 0.9, 0.95, 1.0]
+
+
+def _cascade_case(screen_says_invert_label: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1,000 "don't invert" and 200 "invert" images both forests get right, and 50 images where the model
+    says "don't invert" (p 0.3) and the colour screen is sure of "invert" (p 0.95)."""
+    screen_p = np.concatenate([np.full(1000, 0.1), np.full(200, 0.99), np.full(50, 0.95)])
+    model_p = np.concatenate([np.full(1000, 0.1), np.full(200, 0.9), np.full(50, 0.3)])
+    labels = np.concatenate([np.zeros(1000), np.ones(200), np.full(50, screen_says_invert_label)]).astype(np.int64)
+    return screen_p, model_p, labels
+
+
+def test_the_cascade_widens_the_invert_side_where_the_screen_is_right() -> None:
+    screen_p, model_p, labels = _cascade_case(screen_says_invert_label=1)
+    assert choose_bounds(screen_p, model_p, 0.5).above == pytest.approx(0.96)  # the strict rule stops above 0.95
+    threshold, bounds = choose_cascade(screen_p, model_p, labels, 0.02)
+    assert bounds.below < threshold <= bounds.above < 0.95
+    cascade = binary_metrics(combine(screen_p, model_p, bounds), labels, threshold)
+    assert cascade.accuracy == 1.0 and cascade.false_invert_rate <= 0.02
+    assert bounds.changed == 50 and bounds.decided_share == 1.0
+
+
+def test_the_cascade_keeps_the_strict_bound_where_the_screen_would_invert_photos() -> None:
+    screen_p, model_p, labels = _cascade_case(screen_says_invert_label=0)
+    threshold, bounds = choose_cascade(screen_p, model_p, labels, 0.02)
+    # Below 0.96 the screen would invert 50 "don't invert" images: the threshold would have to rise past
+    # the bound to keep false inverts at 2 %, so the bound stays, and so does the model's threshold.
+    assert bounds.above == pytest.approx(0.96)
+    assert threshold == pytest.approx(0.5)
+    assert bounds.changed == 0
 
 
 def test_bounds_always_bracket_the_threshold() -> None:
@@ -82,7 +120,9 @@ def test_the_shipped_model_screens_most_dataset_images(default_model: InvertMode
     assert default_model.screen is not None
     screen = default_model.manifest.screen
     assert screen["below"] < default_model.threshold <= screen["above"]
-    assert screen["cv_changed_verdicts"] <= 0.001 * len(dataset)
+    # The cascade may change a few of the full model's verdicts where that costs no accuracy (`choose_cascade`
+    # keeps it within 0.2 points): a few per thousand, not more.
+    assert screen["cv_changed_verdicts"] <= 0.005 * len(dataset)
     sample = dataset[::25]
     colours = np.stack([colour_features(decode_image(item.path.read_bytes())) for item in sample])
     _, decided = default_model.screen.decide(colours)
