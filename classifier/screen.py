@@ -35,7 +35,7 @@ MAX_CHANGED_SHARE = 0.001
 NEVER_BELOW = -1.0
 NEVER_ABOVE = 2.0
 _BELOW_GRID = tuple(round(value, 2) for value in np.arange(0.0, 0.5, 0.02))
-_ABOVE_GRID = tuple(round(value, 2) for value in np.arange(1.0, 0.5, -0.02))
+ABOVE_GRID = tuple(round(value, 2) for value in np.arange(1.0, 0.5, -0.02))
 
 
 @dataclass(frozen=True)
@@ -95,22 +95,24 @@ def choose_bounds(
             break
         below = candidate
     above = NEVER_ABOVE
-    for candidate in _ABOVE_GRID:
+    for candidate in ABOVE_GRID:
         if candidate < threshold:
             break
         if np.any(~model_invert & (screen_p >= candidate)):
             break
         above = candidate
+    return counted_bounds(screen_p, model_p, threshold, below, above)
+
+
+def counted_bounds(
+    screen_p: NDArray[np.float64], model_p: NDArray[np.float64], threshold: float, below: float, above: float
+) -> ScreenBounds:
+    """``below`` / ``above`` with the share of images the screen answers and the verdicts it changes."""
     bounds = ScreenBounds(below, above, 0.0, 0)
     answered = decided(screen_p, bounds)
-    changed = int(np.count_nonzero(answered & ((screen_p >= above) != model_invert)))
+    changed = int(np.count_nonzero(answered & ((screen_p >= above) != (model_p >= threshold))))
     share = float(answered.mean()) if len(answered) else 0.0
     return ScreenBounds(below, above, share, changed)
-
-
-def above_grid() -> tuple[float, ...]:
-    """Candidate "invert" bounds, highest first."""
-    return _ABOVE_GRID
 
 
 def decided(screen_p: NDArray[np.float64], bounds: ScreenBounds | ColourScreen) -> NDArray[np.bool_]:

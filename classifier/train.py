@@ -32,13 +32,13 @@ from classifier.forest import PackedForest
 from classifier.metrics import BinaryMetrics, binary_metrics, threshold_for_false_invert_rate
 from classifier.model import MODEL_FORMAT, FeatureExtractor, InvertModel, LinearProbe, Manifest, sha256_hex
 from classifier.screen import (
+    ABOVE_GRID,
     MAX_CHANGED_SHARE,
     ColourScreen,
     ScreenBounds,
-    above_grid,
     choose_bounds,
     combine,
-    decided,
+    counted_bounds,
 )
 from classifier.synthetic import DEFAULT_SEED, SyntheticImage, generate
 
@@ -297,7 +297,7 @@ def choose_cascade(
     alone = binary_metrics(model_p, labels, threshold).accuracy
     strict = choose_bounds(screen_p, model_p, threshold, max_changed_share=max_changed_share)
     chosen, chosen_threshold = strict, threshold
-    for candidate in above_grid():
+    for candidate in ABOVE_GRID:
         if candidate >= strict.above:
             continue
         trial = ScreenBounds(strict.below, candidate, 0.0, 0)
@@ -308,11 +308,7 @@ def choose_cascade(
         if binary_metrics(cascade, labels, trial_threshold).accuracy < alone - max_accuracy_cost:
             break
         chosen, chosen_threshold = trial, trial_threshold
-    answered = decided(screen_p, chosen)
-    model_invert = model_p >= chosen_threshold
-    changed = int(np.count_nonzero(answered & ((screen_p >= chosen.above) != model_invert)))
-    share = float(answered.mean()) if len(answered) else 0.0
-    return chosen_threshold, ScreenBounds(chosen.below, chosen.above, share, changed)
+    return chosen_threshold, counted_bounds(screen_p, model_p, chosen_threshold, chosen.below, chosen.above)
 
 
 def screen_training_rows(
