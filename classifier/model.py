@@ -89,29 +89,54 @@ def sha256_hex(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class LinearProbe:
-    """A logistic regression on standardised embeddings, kept as arrays: p = sigmoid(((e - mean) / scale) . w + b).
+    """Logistic regressions on standardised embeddings, kept as arrays: for each part (a group of
+    consecutive columns, `Backbone.parts`), p = sigmoid(((e - mean) / scale) . w + b) over its columns.
 
-    The embedding enters the forest through this one score. Measured with package-grouped CV, a forest
-    on all 1280 embedding dimensions learns to recognise source packages and generalises worse than
-    colour statistics alone; a strongly regularised linear probe carries the content signal without that.
+    The embedding enters the forest through these scores, one per part. Measured with package-grouped
+    CV, a forest on all 1280 embedding dimensions learns to recognise source packages and generalises
+    worse than colour statistics alone; a strongly regularised linear probe carries the content signal
+    without that.
     """
 
     mean: NDArray[np.float32]
     scale: NDArray[np.float32]
     weights: NDArray[np.float32]
-    bias: float
+    bias: NDArray[np.float32]  # one per part
+    parts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        sizes = {self.mean.shape, self.scale.shape, self.weights.shape}
+        if sizes != {(sum(self.parts),)} or self.bias.shape != (len(self.parts),) or min(self.parts, default=0) < 1:
+            raise ValueError(
+                f"probe arrays {sorted(sizes)} / bias {self.bias.shape} do not fit parts {list(self.parts)}"
+            )
 
     def score(self, embeddings: NDArray[np.float32]) -> NDArray[np.float32]:
-        logits = ((embeddings - self.mean) / self.scale) @ self.weights + self.bias
+        """p for each embedding (rows) and part (columns)."""
+        standard = (embeddings - self.mean) / self.scale
+        logits = np.empty((len(embeddings), len(self.parts)), dtype=np.float32)
+        start = 0
+        for index, size in enumerate(self.parts):
+            end = start + size
+            logits[:, index] = standard[:, start:end] @ self.weights[start:end] + self.bias[index]
+            start = end
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, mean=self.mean, scale=self.scale, weights=self.weights, bias=np.float32(self.bias))
+        arrays: dict[str, Any] = {"mean": self.mean, "scale": self.scale, "weights": self.weights}
+        if len(self.parts) == 1:  # the original single-probe file, readable by earlier versions
+            arrays["bias"] = np.float32(self.bias[0])
+        else:
+            arrays.update(bias=self.bias, parts=np.asarray(self.parts, dtype=np.int64))
+        np.savez_compressed(path, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> LinearProbe:
         with np.load(path, allow_pickle=False) as arrays:
-            return cls(arrays["mean"], arrays["scale"], arrays["weights"], float(arrays["bias"]))
+            mean, scale, weights = arrays["mean"], arrays["scale"], arrays["weights"]
+            bias = np.atleast_1d(arrays["bias"]).astype(np.float32)
+            parts = tuple(int(size) for size in arrays["parts"]) if "parts" in arrays else (int(weights.size),)
+        return cls(mean, scale, weights, bias, parts)
 
 
 class FeatureExtractor:
@@ -132,7 +157,7 @@ class FeatureExtractor:
     def combine_with(
         probe: LinearProbe | None, embeddings: NDArray[np.float32], colours: NDArray[np.float32]
     ) -> NDArray[np.float32]:
-        embedded = embeddings if probe is None else probe.score(embeddings)[:, None]
+        embedded = embeddings if probe is None else probe.score(embeddings)
         return np.hstack([embedded, colours]).astype(np.float32)
 
 
@@ -297,14 +322,17 @@ class InvertModel:
             if sha256_hex(path.read_bytes()) != expected:
                 raise ModelError(f"{directory}: {name} does not match the manifest's sha256 (corrupt or replaced)")
         forest = PackedForest.load(directory / FOREST_FILE)
-        probe = LinearProbe.load(directory / PROBE_FILE) if PROBE_FILE in manifest.files else None
+        try:
+            probe = LinearProbe.load(directory / PROBE_FILE) if PROBE_FILE in manifest.files else None
+        except (KeyError, ValueError) as error:
+            raise ModelError(f"{directory}: unusable {PROBE_FILE}: {error}") from error
         onnx_path = directory / BACKBONE_ONNX_FILE if BACKBONE_ONNX_FILE in manifest.files else None
         try:
             backbone = load_backbone(manifest.backbone, onnx_path=onnx_path, threads=threads)
         except (BackboneLoadError, BackboneSpecError) as error:
             raise ModelError(f"{directory}: cannot load backbone {manifest.backbone!r}: {error}") from error
         screen = load_screen(directory, manifest)
-        check_layout(manifest, backbone.dim, probe, forest)
+        check_layout(manifest, backbone.dim, probe, forest, backbone.parts)
         overrides = json.loads((directory / OVERRIDES_FILE).read_text())
         return cls(manifest, forest, FeatureExtractor(backbone, probe), overrides, screen=screen, **options)
 
@@ -356,6 +384,7 @@ def check_layout(
     backbone_dim: int,
     probe: LinearProbe | None,
     forest: PackedForest,
+    backbone_parts: Sequence[int] | None = None,
 ) -> None:
     """Refuse a model whose forest was trained on a different feature layout than this code computes."""
     if list(manifest.feature_names) != list(FEATURE_NAMES):
@@ -372,7 +401,13 @@ def check_layout(
     if manifest.embedding_inputs == "probe":
         if probe is None or probe.weights.shape != (manifest.embedding_dim,):
             raise ModelError("the manifest asks for a linear probe of the embedding; probe.npz is missing or wrong")
-        embedded = 1
+        parts = (backbone_dim,) if backbone_parts is None else tuple(backbone_parts)
+        if probe.parts != parts:
+            raise ModelError(
+                f"the probe scores embedding parts {list(probe.parts)}; backbone {manifest.backbone!r} "
+                f"gives {list(parts)}"
+            )
+        embedded = len(probe.parts)
     elif manifest.embedding_inputs != "raw":
         raise ModelError(f"unknown embedding_inputs {manifest.embedding_inputs!r}")
     if forest.n_features != embedded + len(FEATURE_NAMES) or manifest.n_features != forest.n_features:

@@ -64,7 +64,8 @@ PROBE_C = 0.003
 SEED = 20261125
 #: The shipped model's backbone. 128 px input: package-grouped CV accuracy is the same as at 224 px
 #: (0.899 vs 0.900 at a 2 % false-invert rate) and the network runs ~2.8x faster (379 vs 137 img/s here).
-TRAINING_BACKBONE = "effnet-lite0@128"
+#: "+stages": a second probe on the early stages' statistics (see classifier/backbones.py STAGE_BLOCKS).
+TRAINING_BACKBONE = "effnet-lite0@128+stages"
 
 #: The colour screen's "invert" side may widen past the strict rule's bound (see `choose_cascade`) while the
 #: whole cascade, at its own threshold for the false-invert target, loses at most this much package-grouped
@@ -88,6 +89,12 @@ class FeatureTable:
     colours: NDArray[np.float32]
     labels: NDArray[np.int64]
     groups: NDArray[np.str_]
+    #: `Backbone.parts` of the embeddings (each part gets its own probe); empty: one part.
+    parts: tuple[int, ...] = ()
+
+    @property
+    def embedding_parts(self) -> tuple[int, ...]:
+        return self.parts or (int(self.embeddings.shape[1]),)
 
     def subset(self, index: NDArray[np.intp]) -> FeatureTable:
         return FeatureTable(
@@ -96,6 +103,7 @@ class FeatureTable:
             colours=self.colours[index],
             labels=self.labels[index],
             groups=self.groups[index],
+            parts=self.parts,
         )
 
 
@@ -145,6 +153,7 @@ def compute_features(
         colours=np.stack(colours),
         labels=np.asarray([item.label for item in images], dtype=np.int64),
         groups=np.asarray([item.source_package for item in images]),
+        parts=tuple(backbone.parts),
     )
 
 
@@ -164,6 +173,7 @@ def synthetic_features(
         colours=np.stack([colour_features(image) for image in images]),
         labels=np.asarray([item.label for item in generated], dtype=np.int64),
         groups=np.asarray([item.source_package for item in generated]),
+        parts=tuple(backbone.parts),
     )
 
 
@@ -198,35 +208,55 @@ def _probe_pipeline() -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=5000))
 
 
-def fit_probe(embeddings: NDArray[np.float32], labels: NDArray[np.int64]) -> LinearProbe:
-    pipeline = _probe_pipeline().fit(embeddings, labels)
-    scaler, regression = pipeline[0], pipeline[-1]
+def _part_columns(parts: Sequence[int]) -> list[slice]:
+    ends = np.cumsum(parts).tolist()
+    return [slice(end - size, end) for size, end in zip(parts, ends, strict=True)]
+
+
+def fit_probe(
+    embeddings: NDArray[np.float32], labels: NDArray[np.int64], parts: Sequence[int] | None = None
+) -> LinearProbe:
+    """One logistic regression per part of the embedding columns (default: one for all of them)."""
+    parts = tuple(parts or (embeddings.shape[1],))
+    means, scales, weights, biases = [], [], [], []
+    for columns in _part_columns(parts):
+        pipeline = _probe_pipeline().fit(embeddings[:, columns], labels)
+        scaler, regression = pipeline[0], pipeline[-1]
+        means.append(scaler.mean_)
+        scales.append(np.where(scaler.scale_ > 0, scaler.scale_, 1.0))
+        weights.append(regression.coef_[0])
+        biases.append(regression.intercept_[0])
     return LinearProbe(
-        mean=scaler.mean_.astype(np.float32),
-        scale=np.where(scaler.scale_ > 0, scaler.scale_, 1.0).astype(np.float32),
-        weights=regression.coef_[0].astype(np.float32),
-        bias=float(regression.intercept_[0]),
+        mean=np.concatenate(means).astype(np.float32),
+        scale=np.concatenate(scales).astype(np.float32),
+        weights=np.concatenate(weights).astype(np.float32),
+        bias=np.asarray(biases, dtype=np.float32),
+        parts=parts,
     )
 
 
 def out_of_fold_probe_scores(table: FeatureTable) -> NDArray[np.float32]:
-    """Probe scores for training rows from probes that did not see the row's package.
+    """Probe scores (one column per embedding part) for training rows from probes that did not see the
+    row's package.
 
     The forest must learn how far to trust the probe on *unseen* sources; in-sample scores would be
     near-perfect and teach it to trust the probe blindly.
     """
     folds = min(CV_FOLDS, len(set(table.groups.tolist())))
     if folds < 2:
-        return fit_probe(table.embeddings, table.labels).score(table.embeddings)
-    scores = cross_val_predict(
-        _probe_pipeline(),
-        table.embeddings,
-        table.labels,
-        groups=table.groups,
-        cv=GroupKFold(folds),
-        method="predict_proba",
-    )
-    return scores[:, 1].astype(np.float32)
+        return fit_probe(table.embeddings, table.labels, table.embedding_parts).score(table.embeddings)
+    columns = [
+        cross_val_predict(
+            _probe_pipeline(),
+            table.embeddings[:, part],
+            table.labels,
+            groups=table.groups,
+            cv=GroupKFold(folds),
+            method="predict_proba",
+        )[:, 1]
+        for part in _part_columns(table.embedding_parts)
+    ]
+    return np.stack(columns, axis=1).astype(np.float32)
 
 
 def fit_training_rows(
@@ -237,8 +267,8 @@ def fit_training_rows(
     The probe is fit on the real images only; `extra` (synthetic) rows get its score, which is as
     "unseen" for them as the out-of-fold scores are for the real rows.
     """
-    probe = fit_probe(table.embeddings, table.labels)
-    rows = np.hstack([out_of_fold_probe_scores(table)[:, None], table.colours]).astype(np.float32)
+    probe = fit_probe(table.embeddings, table.labels, table.embedding_parts)
+    rows = np.hstack([out_of_fold_probe_scores(table), table.colours]).astype(np.float32)
     labels = table.labels
     if extra is not None:
         rows = np.vstack([rows, FeatureExtractor.combine_with(probe, extra.embeddings, extra.colours)])
@@ -382,6 +412,11 @@ def train(
         backbone = load_backbone(backbone_spec, onnx_path=onnx_path)
         if table is None:
             table = compute_features(images, backbone, progress=progress)
+        if table.embedding_parts != tuple(backbone.parts):
+            raise ValueError(
+                f"the feature table's embeddings have parts {list(table.embedding_parts)}; "
+                f"{backbone_spec!r} gives {list(backbone.parts)}"
+            )
 
         extra = synthetic_features(backbone, synthetic_per_kind)
         folds = grouped_cv(table, extra=extra, screen=screen)
@@ -439,7 +474,8 @@ def training_info(table: FeatureTable, extra: FeatureTable | None = None) -> dic
         "cv": f"StratifiedGroupKFold({CV_FOLDS}) by source_package, seed {SEED}",
         "model": f"HistGradientBoostingClassifier({BOOSTING_ITERATIONS} trees of {BOOSTING_LEAVES} leaves, learning "
         f"rate {BOOSTING_LEARNING_RATE}, L2 {BOOSTING_L2}, balanced classes)",
-        "embedding_inputs": f"linear probe (LogisticRegression C={PROBE_C}, out-of-fold by package)",
+        "embedding_inputs": f"linear probe per embedding part {list(table.embedding_parts)} "
+        f"(LogisticRegression C={PROBE_C}, out-of-fold by package)",
         "screen": f"colour-only ExtraTreesClassifier ({SCREEN_TREES} trees, otherwise the same settings); "
         "bounds from package-grouped CV",
         "false_invert_target": FALSE_INVERT_TARGET,

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -112,6 +113,16 @@ def clip_backbone() -> Backbone:
             BackboneSpec("clip", "ViT-B-32", "laion2b_s34b_b79k", None),
             "clip:ViT-B-32@laion2b_s34b_b79k",
         ),
+        (
+            "effnet-lite0@128+stages",
+            BackboneSpec("effnet-lite0", "tf_efficientnet_lite0", "imagenet", 128, stages=True),
+            "effnet-lite0@128+stages",
+        ),
+        (
+            "effnet-lite0@224+stages",
+            BackboneSpec("effnet-lite0", "tf_efficientnet_lite0", "imagenet", 224, stages=True),
+            "effnet-lite0+stages",
+        ),
         ("clip:ViT-B-32@none", BackboneSpec("clip", "ViT-B-32", None, None), "clip:ViT-B-32@none"),
         ("clip:RN50@None", BackboneSpec("clip", "RN50", None, None), "clip:RN50@none"),
         (
@@ -141,6 +152,10 @@ def test_parse_spec_accepts(spec: str, expected: BackboneSpec, canonical: str) -
         "effnet-lite0@16",
         "effnet-lite0@4096",
         "effnet-lite0@160@1",
+        "effnet-lite0+stages@128",
+        "effnet-lite0@128+stages+stages",
+        "effnet-lite0@128+stage",
+        "clip:ViT-B-32@none+stages",
         "clip:ViT-B-32",
         "clip:ViT-B-32@",
         "clip:@laion2b_s34b_b79k",
@@ -284,6 +299,51 @@ def test_non_default_input_size_exports_and_falls_back_to_torch(tmp_path: Path, 
     assert isinstance(fallback, TorchBackbone)
     assert fallback.input_size == 160
     assert cosine(small.embed(photos[:1]), fallback.embed(photos[:1])).min() >= 0.999
+
+
+def stage_statistics_by_hooks(images: list[Image.Image], size: int) -> np.ndarray:
+    """Reference for ``+stages``: the mean and standard deviation of each channel after stages 1-5, read
+    with forward hooks on the plain network (what the experiment that chose these features computed)."""
+    import torch
+
+    model = backbones.build_efficientnet_lite0(input_size=size)
+    found: dict[int, torch.Tensor] = {}
+
+    def keep(index: int) -> Callable[..., None]:
+        def hook(_module, _inputs, output: torch.Tensor) -> None:
+            found[index] = torch.cat([output.mean((2, 3)), output.std((2, 3))], 1)
+
+        return hook
+
+    for index, stage in enumerate(model.blocks):
+        stage.register_forward_hook(keep(index))
+    with torch.inference_mode():
+        model(torch.from_numpy(prepare_batch(images, size)))
+    return torch.cat([found[index] for index in (1, 2, 3, 4, 5)], 1).numpy()
+
+
+def test_stage_statistics_extend_the_plain_embedding(tmp_path: Path, mixed_images: list[Image.Image]) -> None:
+    images = mixed_images[:6]
+    plain = TorchBackbone("effnet-lite0@128", threads=2)
+    staged = TorchBackbone("effnet-lite0@128+stages", threads=2)
+    assert (staged.spec, staged.input_size) == ("effnet-lite0@128+stages", 128)
+    assert (staged.dim, staged.parts) == (2176, (1280, 896))
+    assert plain.parts == (1280,)
+    ours = staged.embed(images)
+    assert ours.shape == (6, 2176)
+    # The same forward pass: the final features are exactly the plain backbone's.
+    assert np.allclose(ours[:, :1280], plain.embed(images), atol=1e-5)
+    assert np.allclose(ours[:, 1280:], stage_statistics_by_hooks(images, 128), rtol=1e-4, atol=1e-4)
+    assert (ours[:, 1280:] != 0).mean() > 0.5  # real statistics, not zero padding
+    # Exported, the statistics come out of ONNX Runtime too; a plain export is refused for the spec.
+    path = tmp_path / "staged.onnx"
+    backbones.export_onnx("effnet-lite0@128+stages", path)
+    served = load_backbone("effnet-lite0@128+stages", onnx_path=path, threads=2)
+    assert isinstance(served, OnnxBackbone)
+    assert (served.dim, served.parts) == (2176, (1280, 896))
+    assert cosine(served.embed(images), ours).min() >= 0.9999
+    with pytest.raises(BackboneLoadError, match=r"effnet-lite0@128\+stages"):
+        OnnxBackbone("effnet-lite0@128", path)
 
 
 def test_export_refuses_clip_specs(tmp_path: Path) -> None:

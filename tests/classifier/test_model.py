@@ -14,9 +14,14 @@ from classifier.features import FEATURE_NAMES
 from classifier.model import (
     DEFAULT_MODEL_DIR,
     FOREST_FILE,
+    PROBE_FILE,
     InvertModel,
+    LinearProbe,
     ModelError,
+    read_manifest,
+    sha256_hex,
 )
+from classifier.train import fit_probe
 from tests.helpers import copy_model, edit_manifest, encode_png
 
 
@@ -111,7 +116,7 @@ def test_small_model_fits_its_training_set_and_round_trips(small_model_dir: Path
     ("change", "message"),
     [
         ({"feature_names": ["saturation_mean_white"]}, "different colour features"),
-        ({"embedding_dim": 512}, "1280-d"),
+        ({"embedding_dim": 512}, "2176-d"),
         ({"backbone": "effnet-lite0@192"}, "effnet-lite0@192"),
         ({"format": 99}, "format"),
         ({"unexpected_field": 1}, "fields do not match"),
@@ -122,6 +127,53 @@ def test_mismatched_manifest_is_refused(small_model_dir: Path, tmp_path: Path, c
     directory = copy_model(small_model_dir, tmp_path / "model")
     edit_manifest(directory, **change)
     with pytest.raises((ModelError, ValueError), match=message):
+        InvertModel.load(directory)
+
+
+def test_probe_scores_each_part_with_its_own_regression(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(7)
+    labels = np.tile([0, 1], 60)
+    embeddings = rng.normal(size=(120, 10)).astype(np.float32)
+    embeddings[:, 2] += 2 * labels  # part 0 carries the label in one column,
+    embeddings[:, 8] -= 3 * labels  # part 1 in another, with the opposite sign
+    probe = fit_probe(embeddings, labels, (6, 4))
+    assert probe.parts == (6, 4) and probe.weights.shape == (10,) and probe.bias.shape == (2,)
+    scores = probe.score(embeddings)
+    assert scores.shape == (120, 2)
+    for column, part in enumerate((slice(0, 6), slice(6, 10))):
+        alone = make_pipeline(StandardScaler(), LogisticRegression(C=0.003, max_iter=5000))
+        expected = alone.fit(embeddings[:, part], labels).predict_proba(embeddings[:, part])[:, 1]
+        assert np.allclose(scores[:, column], expected, atol=1e-5)
+    assert scores[labels == 1, 0].mean() > scores[labels == 0, 0].mean()
+    assert scores[labels == 1, 1].mean() > scores[labels == 0, 1].mean()
+
+    LinearProbe.save(probe, tmp_path / "two.npz")
+    again = LinearProbe.load(tmp_path / "two.npz")
+    assert again.parts == (6, 4) and np.array_equal(again.score(embeddings), scores)
+    # A one-part probe keeps the original file layout (a scalar bias, no parts), which loads as one part.
+    single = fit_probe(embeddings, labels)
+    single.save(tmp_path / "one.npz")
+    with np.load(tmp_path / "one.npz") as arrays:
+        assert set(arrays.files) == {"mean", "scale", "weights", "bias"} and arrays["bias"].shape == ()
+    assert LinearProbe.load(tmp_path / "one.npz").parts == (10,)
+    with pytest.raises(ValueError, match="do not fit parts"):
+        LinearProbe(probe.mean, probe.scale, probe.weights, probe.bias, (6, 3))
+
+
+def test_probe_parts_must_match_the_backbone(small_model_dir: Path, tmp_path: Path) -> None:
+    """A probe over the whole 2176-d embedding where the backbone gives two parts is refused on load."""
+    directory = copy_model(small_model_dir, tmp_path / "model")
+    probe = LinearProbe.load(directory / PROBE_FILE)
+    assert len(probe.parts) == 2
+    merged = LinearProbe(probe.mean, probe.scale, probe.weights, probe.bias[:1], (int(probe.weights.size),))
+    merged.save(directory / PROBE_FILE)
+    files = read_manifest(directory).files
+    edit_manifest(directory, files={**files, PROBE_FILE: sha256_hex((directory / PROBE_FILE).read_bytes())})
+    with pytest.raises(ModelError, match=r"parts \[2176\].*gives \[1280, 896\]"):
         InvertModel.load(directory)
 
 
