@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--backbone",
         default=None,
-        help="effnet-lite0[@SIZE] or clip:ARCH@PRETRAINED (default: effnet-lite0@128, the shipped model's)",
+        help="effnet-lite0[@SIZE][+stages] or clip:ARCH@PRETRAINED (default: effnet-lite0@128+stages, as shipped)",
     )
     train.add_argument(
         "--no-screen",
