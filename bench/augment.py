@@ -52,6 +52,7 @@ def features(
         colours=np.stack([colour_features(image) for image in images]),
         labels=np.asarray(labels, dtype=np.int64),
         groups=np.asarray(groups),
+        parts=tuple(extractor.backbone.parts),
     )
 
 
@@ -62,6 +63,7 @@ def joined(first: FeatureTable, second: FeatureTable) -> FeatureTable:
         colours=np.vstack([first.colours, second.colours]),
         labels=np.concatenate([first.labels, second.labels]),
         groups=np.concatenate([first.groups, second.groups]),
+        parts=first.parts,
     )
 
 

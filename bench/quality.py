@@ -10,6 +10,7 @@ is computed on the real images' out-of-fold predictions. Takes a few minutes on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -43,7 +44,7 @@ def forest(trees: int) -> ForestFactory:
 
 
 def columns(table: FeatureTable, count: int) -> FeatureTable:
-    return FeatureTable(table.sha256s, table.embeddings, table.colours[:, :count], table.labels, table.groups)
+    return dataclasses.replace(table, colours=table.colours[:, :count])
 
 
 def oof(table: FeatureTable, extra: FeatureTable | None, make: ForestFactory, seed: int) -> NDArray[np.float64]:

@@ -87,6 +87,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def part_columns(parts: Sequence[int]) -> list[slice]:
+    """The column slices of consecutive embedding parts of the given sizes (`Backbone.parts`)."""
+    ends = np.cumsum(parts).tolist()
+    return [slice(end - size, end) for size, end in zip(parts, ends, strict=True)]
+
+
 @dataclass(frozen=True)
 class LinearProbe:
     """Logistic regressions on standardised embeddings, kept as arrays: for each part (a group of
@@ -115,11 +121,8 @@ class LinearProbe:
         """p for each embedding (rows) and part (columns)."""
         standard = (embeddings - self.mean) / self.scale
         logits = np.empty((len(embeddings), len(self.parts)), dtype=np.float32)
-        start = 0
-        for index, size in enumerate(self.parts):
-            end = start + size
-            logits[:, index] = standard[:, start:end] @ self.weights[start:end] + self.bias[index]
-            start = end
+        for index, columns in enumerate(part_columns(self.parts)):
+            logits[:, index] = standard[:, columns] @ self.weights[columns] + self.bias[index]
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -60, 60)))).astype(np.float32)
 
     def save(self, path: Path) -> None:
@@ -332,7 +335,7 @@ class InvertModel:
         except (BackboneLoadError, BackboneSpecError) as error:
             raise ModelError(f"{directory}: cannot load backbone {manifest.backbone!r}: {error}") from error
         screen = load_screen(directory, manifest)
-        check_layout(manifest, backbone.dim, probe, forest, backbone.parts)
+        check_layout(manifest, backbone.parts, probe, forest)
         overrides = json.loads((directory / OVERRIDES_FILE).read_text())
         return cls(manifest, forest, FeatureExtractor(backbone, probe), overrides, screen=screen, **options)
 
@@ -381,12 +384,12 @@ def load_screen(directory: Path, manifest: Manifest) -> ColourScreen | None:
 
 def check_layout(
     manifest: Manifest,
-    backbone_dim: int,
+    backbone_parts: Sequence[int],
     probe: LinearProbe | None,
     forest: PackedForest,
-    backbone_parts: Sequence[int] | None = None,
 ) -> None:
     """Refuse a model whose forest was trained on a different feature layout than this code computes."""
+    backbone_dim = sum(backbone_parts)
     if list(manifest.feature_names) != list(FEATURE_NAMES):
         raise ModelError(
             "the model was trained on different colour features than this code computes "
@@ -401,11 +404,10 @@ def check_layout(
     if manifest.embedding_inputs == "probe":
         if probe is None or probe.weights.shape != (manifest.embedding_dim,):
             raise ModelError("the manifest asks for a linear probe of the embedding; probe.npz is missing or wrong")
-        parts = (backbone_dim,) if backbone_parts is None else tuple(backbone_parts)
-        if probe.parts != parts:
+        if probe.parts != tuple(backbone_parts):
             raise ModelError(
                 f"the probe scores embedding parts {list(probe.parts)}; backbone {manifest.backbone!r} "
-                f"gives {list(parts)}"
+                f"gives {list(backbone_parts)}"
             )
         embedded = len(probe.parts)
     elif manifest.embedding_inputs != "raw":

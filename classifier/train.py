@@ -30,7 +30,15 @@ from classifier.decode import decode_image
 from classifier.features import FEATURE_NAMES, colour_features
 from classifier.forest import PackedForest
 from classifier.metrics import BinaryMetrics, binary_metrics, threshold_for_false_invert_rate
-from classifier.model import MODEL_FORMAT, FeatureExtractor, InvertModel, LinearProbe, Manifest, sha256_hex
+from classifier.model import (
+    MODEL_FORMAT,
+    FeatureExtractor,
+    InvertModel,
+    LinearProbe,
+    Manifest,
+    part_columns,
+    sha256_hex,
+)
 from classifier.screen import (
     ABOVE_GRID,
     MAX_CHANGED_SHARE,
@@ -89,12 +97,8 @@ class FeatureTable:
     colours: NDArray[np.float32]
     labels: NDArray[np.int64]
     groups: NDArray[np.str_]
-    #: `Backbone.parts` of the embeddings (each part gets its own probe); empty: one part.
-    parts: tuple[int, ...] = ()
-
-    @property
-    def embedding_parts(self) -> tuple[int, ...]:
-        return self.parts or (int(self.embeddings.shape[1]),)
+    #: `Backbone.parts` of the embeddings: each part gets its own probe.
+    parts: tuple[int, ...]
 
     def subset(self, index: NDArray[np.intp]) -> FeatureTable:
         return FeatureTable(
@@ -208,18 +212,13 @@ def _probe_pipeline() -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=5000))
 
 
-def _part_columns(parts: Sequence[int]) -> list[slice]:
-    ends = np.cumsum(parts).tolist()
-    return [slice(end - size, end) for size, end in zip(parts, ends, strict=True)]
-
-
 def fit_probe(
     embeddings: NDArray[np.float32], labels: NDArray[np.int64], parts: Sequence[int] | None = None
 ) -> LinearProbe:
     """One logistic regression per part of the embedding columns (default: one for all of them)."""
     parts = tuple(parts or (embeddings.shape[1],))
     means, scales, weights, biases = [], [], [], []
-    for columns in _part_columns(parts):
+    for columns in part_columns(parts):
         pipeline = _probe_pipeline().fit(embeddings[:, columns], labels)
         scaler, regression = pipeline[0], pipeline[-1]
         means.append(scaler.mean_)
@@ -244,7 +243,7 @@ def out_of_fold_probe_scores(table: FeatureTable) -> NDArray[np.float32]:
     """
     folds = min(CV_FOLDS, len(set(table.groups.tolist())))
     if folds < 2:
-        return fit_probe(table.embeddings, table.labels, table.embedding_parts).score(table.embeddings)
+        return fit_probe(table.embeddings, table.labels, table.parts).score(table.embeddings)
     columns = [
         cross_val_predict(
             _probe_pipeline(),
@@ -254,7 +253,7 @@ def out_of_fold_probe_scores(table: FeatureTable) -> NDArray[np.float32]:
             cv=GroupKFold(folds),
             method="predict_proba",
         )[:, 1]
-        for part in _part_columns(table.embedding_parts)
+        for part in part_columns(table.parts)
     ]
     return np.stack(columns, axis=1).astype(np.float32)
 
@@ -267,7 +266,7 @@ def fit_training_rows(
     The probe is fit on the real images only; `extra` (synthetic) rows get its score, which is as
     "unseen" for them as the out-of-fold scores are for the real rows.
     """
-    probe = fit_probe(table.embeddings, table.labels, table.embedding_parts)
+    probe = fit_probe(table.embeddings, table.labels, table.parts)
     rows = np.hstack([out_of_fold_probe_scores(table), table.colours]).astype(np.float32)
     labels = table.labels
     if extra is not None:
@@ -412,9 +411,9 @@ def train(
         backbone = load_backbone(backbone_spec, onnx_path=onnx_path)
         if table is None:
             table = compute_features(images, backbone, progress=progress)
-        if table.embedding_parts != tuple(backbone.parts):
+        if table.parts != tuple(backbone.parts):
             raise ValueError(
-                f"the feature table's embeddings have parts {list(table.embedding_parts)}; "
+                f"the feature table's embeddings have parts {list(table.parts)}; "
                 f"{backbone_spec!r} gives {list(backbone.parts)}"
             )
 
@@ -474,7 +473,7 @@ def training_info(table: FeatureTable, extra: FeatureTable | None = None) -> dic
         "cv": f"StratifiedGroupKFold({CV_FOLDS}) by source_package, seed {SEED}",
         "model": f"HistGradientBoostingClassifier({BOOSTING_ITERATIONS} trees of {BOOSTING_LEAVES} leaves, learning "
         f"rate {BOOSTING_LEARNING_RATE}, L2 {BOOSTING_L2}, balanced classes)",
-        "embedding_inputs": f"linear probe per embedding part {list(table.embedding_parts)} "
+        "embedding_inputs": f"linear probe per embedding part {list(table.parts)} "
         f"(LogisticRegression C={PROBE_C}, out-of-fold by package)",
         "screen": f"colour-only ExtraTreesClassifier ({SCREEN_TREES} trees, otherwise the same settings); "
         "bounds from package-grouped CV",
